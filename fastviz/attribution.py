@@ -1,0 +1,152 @@
+"""Gradient attribution: saliency, guided backprop, the gradient of one intermediate neuron.
+
+Each function is one forward and one backward to the image, batched (one target per row),
+with the network's parameters frozen so that no weight gradient is computed; gradients are
+with respect to the [0, 1] image (the model wrapper normalises).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+
+from .errors import FastvizError
+from .guided import guided
+from .hooks import session
+from .io import check_images
+from .models import Model, as_model
+from .targets import Neuron, class_targets, pick
+
+Target = int | Sequence[int] | torch.Tensor | Neuron | None
+
+
+def _num_classes(m: Model, logits: torch.Tensor) -> int:
+    return m.num_classes or logits.shape[1]
+
+
+def prepare(model, x) -> tuple[Model, torch.Tensor]:
+    """The wrapped model and a validated image batch on the model's device."""
+    m = as_model(model)
+    x = check_images(x, m.channels)
+    return m, x.to(m.device, torch.float32)
+
+
+@torch.no_grad()
+def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Top-k classes per image.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        k: how many classes per image.
+
+    Returns:
+        For each image, k tuples (class index, label, probability), most probable first.
+
+    Example:
+        >>> predict(load_model(), load_images(sample_images()["chelsea"]))[0][0][:2]
+        (285, 'Egyptian cat')
+    """
+    m, x = prepare(model, x)
+    with session(m):
+        logits = m(x)
+    if logits.dim() != 2:
+        raise FastvizError(f"model: expected logits (B, classes), got shape {tuple(logits.shape)}")
+    if not 1 <= k <= logits.shape[1]:
+        raise FastvizError(f"k: expected 1 <= k <= {logits.shape[1]}, got {k}")
+    prob, idx = logits.float().softmax(1).topk(k, dim=1)
+    labels = m.labels or [str(i) for i in range(logits.shape[1])]
+    return [[(int(i), labels[int(i)], float(p)) for i, p in zip(ri, rp)]
+            for ri, rp in zip(idx.cpu(), prob.cpu())]
+
+
+def gradient(model, x, target: Target = None, guided_relu: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """d score / d image for one target per row: the engine of every gradient map.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, C, H, W) images in [0, 1].
+        target: class index (int, list, tensor; None = top-1 per row) or a `Neuron`.
+        guided_relu: backpropagate through `GuidedReLU` (guided backprop).
+
+    Returns:
+        ((B, C, H, W) gradient, (B,) class targets used, or None for a Neuron).
+    """
+    m, x = prepare(model, x)
+    neuron = target if isinstance(target, Neuron) else None
+    with session(m) as s:
+        if guided_relu and guided(s) == 0:
+            warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
+                          f"the plain gradient", stacklevel=3)
+        xi = x.detach().requires_grad_(True)
+        if neuron is not None:
+            acts, _ = s.forward(xi, [neuron.layer])
+            score, used = neuron.value(acts[neuron.layer]), None
+        else:
+            logits = m(xi)
+            if logits.dim() != 2:
+                raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
+            t = class_targets(target, x.shape[0], _num_classes(m, logits))
+            score, used = pick(logits, t)
+        (g,) = torch.autograd.grad(score.sum(), xi)
+    return g, used
+
+
+def saliency(model, x, target: Target = None) -> torch.Tensor:
+    """Saliency map (Simonyan et al. 2014): max over channels of |d score / d pixel|.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        target: class per row (int, list, tensor), None for each row's top-1, or a `Neuron`.
+
+    Returns:
+        (B, H, W) non-negative map.
+
+    Raises:
+        FastvizError: bad images, a class outside [0, classes), a target list of the wrong length.
+
+    Example:
+        >>> saliency(load_model(), torch.rand(2, 3, 224, 224), target=[285, 967]).shape
+        torch.Size([2, 224, 224])
+    """
+    g, _ = gradient(model, x, target)
+    return g.abs().amax(1)
+
+
+def guided_backprop(model, x, target: Target = None) -> torch.Tensor:
+    """Guided backpropagation (Springenberg et al. 2015) of a class score or a `Neuron`.
+
+    Args:
+        model: `Model` or nn.Module; its nn.ReLU and nn.ReLU6 modules are guided (see `fastviz.guided`).
+        x: (B, 3, H, W) images in [0, 1].
+        target: class per row, None for top-1, or a `Neuron`.
+
+    Returns:
+        (B, 3, H, W) signed gradient; `fastviz.image.normalize(g, "signed")` shows it.
+    """
+    g, _ = gradient(model, x, target, guided_relu=True)
+    return g
+
+
+def neuron_gradient(model, x, neuron: Neuron, guided: bool = False) -> torch.Tensor:
+    """Gradient of one intermediate unit with respect to the image, plain or guided.
+
+    The forward stops at the neuron's layer.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        neuron: the unit (`Neuron(layer, channel, y, x)`; y, x None = centre).
+        guided: guided backprop instead of the plain gradient.
+
+    Returns:
+        (B, 3, H, W) gradient.
+    """
+    if not isinstance(neuron, Neuron):
+        raise FastvizError(f"neuron: expected fastviz.Neuron, got {type(neuron).__name__}")
+    g, _ = gradient(model, x, neuron, guided_relu=guided)
+    return g

@@ -1,0 +1,146 @@
+"""The restoring context (DESIGN rule 1), truncated forward and activation capture.
+
+Everything fastviz does to a user's network happens inside `session(model)`: eval mode,
+frozen parameters, forward hooks, `inplace` switched off. Its `finally` puts every flag back
+and removes every hook, also when the call raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import FastvizError
+from .models import Model
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once every requested layer has run: the rest of the net is skipped."""
+
+
+class Session:
+    """Hooks registered through a session are removed when it ends."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def add_forward_hook(self, module: nn.Module, hook: Callable) -> None:
+        self._handles.append(module.register_forward_hook(hook))
+
+    def remove_hooks(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    # -- layers used once ----------------------------------------------------------------
+    def check_single_use(self, names: Sequence[str], x: torch.Tensor) -> None:
+        """Refuse a target module that runs more than once in one forward (rule 8).
+
+        The count takes one no-grad forward of one image per (model, layer), cached on the Model.
+        """
+        todo = [n for n in names if n not in self.model._single_use]
+        if not todo:
+            return
+        counts = dict.fromkeys(todo, 0)
+        handles = []
+        for n in todo:
+            def count(_m, _i, _o, n=n):
+                counts[n] += 1
+            handles.append(self.model.layer(n).register_forward_hook(count))
+        try:
+            with torch.no_grad():
+                self.model(x[:1].detach())
+        finally:
+            for h in handles:
+                h.remove()
+        for n, c in counts.items():
+            self.model._single_use[n] = c == 1
+        for n in names:
+            if not self.model._single_use[n]:
+                raise FastvizError(
+                    f"layer: module {n!r} runs {counts.get(n, 'several')} times in one forward "
+                    f"(one module object reused), so its activation is ambiguous; pick a module "
+                    f"that runs once, e.g. its parent block"
+                )
+
+    # -- capture -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, layers: Sequence[str] = (), stop: bool = True
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Run the model on [0, 1] images, capturing the outputs of `layers`.
+
+        Args:
+            x: (B, C, H, W) images in [0, 1].
+            layers: dotted module names whose outputs to capture.
+            stop: stop the forward once every layer in `layers` has run (rule 4).
+
+        Returns:
+            (activations by name, logits or None when the forward stopped early).
+        """
+        layers = list(dict.fromkeys(layers))
+        modules = [self.model.layer(n) for n in layers]
+        self.check_single_use(layers, x)
+        acts: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, module in zip(layers, modules):
+            def grab(_m, _i, out, name=name):
+                if not isinstance(out, torch.Tensor):
+                    raise FastvizError(
+                        f"layer: {name!r} returns a {type(out).__name__}, not a tensor; pick a "
+                        f"module whose output is a feature map")
+                acts[name] = out
+                if stop and len(acts) == len(layers):
+                    raise _StopForward
+            handles.append(module.register_forward_hook(grab))
+        try:
+            logits = self.model(x)
+        except _StopForward:
+            logits = None
+        finally:
+            for h in handles:
+                h.remove()
+        return acts, logits
+
+
+@contextlib.contextmanager
+def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
+            no_inplace: bool = False) -> Iterator[Session]:
+    """Borrow the user's network and give it back exactly as it came.
+
+    Args:
+        model: the wrapped network.
+        freeze: set requires_grad=False on every parameter (rule 2: no weight gradients).
+        eval_mode: switch every module to eval mode.
+        no_inplace: set `inplace=False` on modules that have the flag (ReLU, ...), so that a
+            captured activation is not overwritten later in the forward.
+
+    On exit (normal or not): hooks removed, `training`, `requires_grad` and `inplace`
+    restored on the same module objects.
+    """
+    net = model.module
+    modules = list(net.modules())
+    training = [m.training for m in modules]
+    params = list(net.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
+    s = Session(model)
+    try:
+        if eval_mode:
+            net.eval()
+        if freeze:
+            for p in params:
+                p.requires_grad_(False)
+        if no_inplace:
+            for m, _ in inplace:
+                m.inplace = False
+        yield s
+    finally:
+        s.remove_hooks()
+        for m, t in zip(modules, training):
+            m.training = t
+        for p, g in zip(params, requires_grad):
+            p.requires_grad_(g)
+        for m, v in inplace:
+            m.inplace = v

