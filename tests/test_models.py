@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import fastviz as fv
+from fastviz.models import TORCHVISION
+
+
+def test_pretrained_default_is_offline_imagenet(lite0):
+    assert lite0.input_size == (224, 224)
+    assert lite0.mean == (0.5, 0.5, 0.5) and lite0.std == (0.5, 0.5, 0.5)
+    assert lite0.num_classes == 1000 and lite0.labels[285] == "Egyptian cat"
+    assert not lite0.module.training
+    assert "_blocks.10" in lite0.layer_names()
+
+
+def test_model_wraps_without_copying():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    mine = fv.Model(net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=224)
+    assert mine.module is net
+    x = torch.rand(2, 3, 8, 8)
+    expected = net((x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+                   / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    torch.testing.assert_close(mine(x), expected)
+    assert fv.as_model(net).module is net and fv.as_model(net).mean is None
+
+
+def test_unknown_layer_lists_nearest_names(lite0):
+    with pytest.raises(fv.FastvizError, match=r"layer: no module named '_block.10'.*nearest: _blocks.10"):
+        lite0.layer("_block.10")
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_torchvision_names_with_random_weights(name):
+    m = fv.load_model(name, weights=None)
+    assert m.num_classes == 1000 and m.mean == fv.models.IMAGENET_MEAN
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_missing_torchvision_weights_say_where_they_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(fv.FastvizError, match=r"weights: pretrained resnet18 weights are not on disk; looked for .*checkpoints"):
+        fv.load_model("resnet18")
+
+
+def test_weights_from_file_roundtrip(tmp_path):
+    src = fv.load_model("resnet18", weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(src.module.state_dict(), path)
+    loaded = fv.load_model("resnet18", weights=path)
+    for a, b in zip(src.module.parameters(), loaded.module.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_bad_model_arguments(tmp_path):
+    with pytest.raises(fv.FastvizError, match="unknown model 'resnet19'.*did you mean resnet18"):
+        fv.load_model("resnet19")
+    with pytest.raises(fv.FastvizError, match="weights: no such file"):
+        fv.load_model("resnet18", weights=tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(fv.FastvizError, match="weights: could not load"):
+        fv.load_model("alexnet", weights=bad)
+    with pytest.raises(fv.FastvizError, match="module: expected a torch.nn.Module"):
+        fv.Model("resnet18")
