@@ -1,0 +1,550 @@
+"""Inspection, forward only: first-layer filters as pictures, maps of the penultimate features.
+
+`filters` / `filter_grid` read the weights of the first convolution that takes RGB.
+`embed` runs images through the network up to a layer (default: the input of the classifier,
+the penultimate features), stops the forward there, and reduces the features to 2-D with PCA
+or t-SNE; the `Embedding` it returns draws thumbnail maps and scatter plots and saves CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import io
+from .errors import FastvizError
+from .hooks import session
+from .image import grid
+from .models import Model, as_model
+
+NORMALIZE = ("per_filter", "shared")
+METHODS = ("tsne", "pca")
+TSNE_MIN_IMAGES = 4  # perplexity must stay >= 1 with 3 * perplexity <= N - 1 (van der Maaten)
+PCA_BEFORE_TSNE = 50  # dimensions kept before t-SNE, as van der Maaten recommends
+
+
+# -- filters --------------------------------------------------------------------------------
+def _first_rgb_conv(m: Model, layer: str | None) -> tuple[str, nn.Conv2d]:
+    if layer is not None:
+        conv = m.layer(layer)
+        if not isinstance(conv, nn.Conv2d):
+            raise FastvizError(f"layer: {layer!r} is a {type(conv).__name__}, not an nn.Conv2d")
+        if conv.weight.shape[1] != 3:
+            raise FastvizError(f"layer: {layer!r} takes {conv.weight.shape[1]} input channels per "
+                               f"filter; filters are drawn as RGB pictures, so it must take 3")
+        return layer, conv
+    convs = [(n, c) for n, c in m.module.named_modules() if isinstance(c, nn.Conv2d)]
+    if not convs:
+        raise FastvizError(f"model: {m.name} has no nn.Conv2d, so there are no filters to draw")
+    name, conv = convs[0]
+    if conv.weight.shape[1] != 3:
+        rgb = [n for n, c in convs if c.weight.shape[1] == 3]
+        hint = (f"; convolutions that do take 3: {', '.join(rgb[:5])}" if rgb
+                else "; no convolution in it takes 3")
+        raise FastvizError(
+            f"model: the first convolution of {m.name}, {name!r}, takes {conv.weight.shape[1]} "
+            f"input channels per filter, not 3 (RGB); name an RGB convolution with layer=...{hint}")
+    return name, conv
+
+
+def filters(model: Model | nn.Module, layer: str | None = None,
+            normalize: str = "per_filter") -> torch.Tensor:
+    """The weights of the first RGB convolution, mapped into [0, 1] to be seen as pictures.
+
+    Args:
+        model: `Model` or nn.Module.
+        layer: dotted name of an nn.Conv2d taking 3 channels (default: the first nn.Conv2d in
+            module order, which must take 3).
+        normalize: "per_filter" (default): each filter min-max scaled on its own, so every
+            filter's pattern shows; networks with batch norm after the first conv (ResNet,
+            DenseNet, EfficientNet) rescale each channel anyway, so raw magnitudes mean little.
+            "shared": one min-max over all filters, so relative strength shows (weak or dead
+            filters come out flat grey); meaningful for networks without batch norm (AlexNet, VGG).
+
+    Returns:
+        (N, 3, kh, kw) float on the CPU, in [0, 1]; a constant filter is 0.5 (grey).
+
+    Raises:
+        FastvizError: no conv, the first conv does not take 3 channels, bad `layer` or `normalize`.
+
+    Example:
+        >>> filters(load_model("alexnet", weights=None)).shape
+        torch.Size([64, 3, 11, 11])
+    """
+    if normalize not in NORMALIZE:
+        raise FastvizError(f"normalize: expected 'per_filter' or 'shared', got {normalize!r}")
+    m = as_model(model)
+    _, conv = _first_rgb_conv(m, layer)
+    w = conv.weight.detach().float().cpu()
+    flat = w.reshape(w.shape[0], -1) if normalize == "per_filter" else w.reshape(1, -1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    span = hi - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(w.dtype).tiny), 0.5)
+    return out.reshape(w.shape).clamp_(0, 1)
+
+
+def filter_grid(model: Model | nn.Module, layer: str | None = None, normalize: str = "per_filter",
+                scale: int | None = None, nrow: int | None = None, padding: int = 2,
+                pad_value: float = 1.0) -> torch.Tensor:
+    """The first-layer filters laid out as one picture, upsampled, with borders between them.
+
+    Args:
+        model, layer, normalize: as in `filters`.
+        scale: integer nearest-neighbour upsampling (default: the smallest making a filter at
+            least 24 pixels wide: 8 for 3x3, 4 for 7x7, 3 for 11x11).
+        nrow: filters per row (default: about sqrt(N)).
+        padding: border pixels between filters, of value `pad_value`.
+
+    Returns:
+        (3, H, W) in [0, 1]: filter i at row i // nrow, column i % nrow.
+    """
+    f = filters(model, layer, normalize)
+    if scale is None:
+        scale = max(1, math.ceil(24 / max(f.shape[-2:])))
+    if not isinstance(scale, int) or scale < 1:
+        raise FastvizError(f"scale: expected a positive integer, got {scale!r}")
+    if nrow is not None and (not isinstance(nrow, int) or nrow < 1):
+        raise FastvizError(f"nrow: expected a positive integer, got {nrow!r}")
+    return grid(f, nrow=nrow, padding=padding, pad_value=pad_value, scale=scale)
+
+
+# -- features -------------------------------------------------------------------------------
+class _StopAtClassifier(Exception):
+    """Raised by the pre-hook on the classifier once its input is captured."""
+
+
+def _classifier(m: Model) -> tuple[str, nn.Linear]:
+    last = None
+    for n, mod in m.module.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (n, mod)
+    if last is None:
+        raise FastvizError(f"layer: {m.name} has no nn.Linear classifier whose input to embed; "
+                           f"name a layer with layer=... (`fastviz layers` lists them)")
+    return last
+
+
+def _classifier_input(s, name: str, fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The input of `fc` for images x, with the rest of the forward skipped."""
+    s.check_single_use([name], x)
+    got: list[torch.Tensor] = []
+
+    def grab(_m, inputs):
+        got.append(inputs[0])
+        raise _StopAtClassifier
+
+    handle = fc.register_forward_pre_hook(grab)
+    try:
+        s.model(x)
+    except _StopAtClassifier:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise FastvizError(f"layer: the classifier {name!r} did not run in the forward of "
+                           f"{s.model.name}; name the layer to embed with layer=...")
+    return got[0]
+
+
+def _pooled(out: torch.Tensor, pool: str) -> torch.Tensor:
+    if out.dim() == 4 and pool == "avg":
+        return out.mean((2, 3))
+    return out.flatten(1)
+
+
+def _source(images_or_folder, size) -> tuple[int, Callable[[int, int], torch.Tensor], list[str],
+                                            list[Path] | None]:
+    """(N, get(i, j) -> images i:j, names, paths) for a tensor, a file, a folder or a list."""
+    if isinstance(images_or_folder, torch.Tensor):
+        x = io.check_images(images_or_folder, 3, "images_or_folder")
+        return x.shape[0], lambda i, j: x[i:j], [str(i) for i in range(x.shape[0])], None
+    if not isinstance(images_or_folder, (str, os.PathLike, list, tuple)):
+        raise FastvizError(f"images_or_folder: expected a tensor, a folder, a file or a list of "
+                           f"files, got {type(images_or_folder).__name__}")
+    items = [images_or_folder] if isinstance(images_or_folder, (str, os.PathLike)) else images_or_folder
+    for p in map(Path, items):
+        if p.is_dir():
+            skipped = [f.name for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")
+                       and f.suffix.lower() not in io.IMAGE_SUFFIXES]
+            if skipped:
+                warnings.warn(f"images_or_folder: skipped {len(skipped)} file(s) without an image "
+                              f"suffix in {str(p)!r}: {', '.join(skipped[:3])}"
+                              f"{' ...' if len(skipped) > 3 else ''}", stacklevel=3)
+    files = io._expand(items)
+    return len(files), lambda i, j: io.load_images(files[i:j], size=size), [f.name for f in files], files
+
+
+@dataclass
+class Features:
+    """features (N, D) float on the CPU; predictions (N,) top-1 class or None; thumbnails."""
+
+    features: torch.Tensor
+    predictions: torch.Tensor | None
+    images: torch.Tensor
+    names: list[str]
+    paths: list[Path] | None
+
+
+def features(model: Model | nn.Module, images_or_folder, layer: str | None = None,
+             batch_size: int = 32, device: str | torch.device | None = None, pool: str = "avg",
+             thumbnail: int = 64, progress: Callable | bool | None = None) -> Features:
+    """Features of every image at one layer, in batches, with the forward stopped there.
+
+    Args:
+        model: `Model` or nn.Module.
+        images_or_folder: (N, 3, H, W) tensor in [0, 1], an image file, a folder (files without
+            an image suffix are skipped with a warning; an unreadable image is an error), or a
+            list of files and folders.
+        layer: dotted module name whose output is the feature (4-D outputs are averaged over
+            space with pool="avg", flattened with pool="flatten"); default: the input of the last
+            nn.Linear, i.e. the penultimate features (AlexNet/VGG FC7, ResNet's pooled 2048-d).
+        batch_size: images per forward; files are read one batch at a time.
+        device: where to run (default: the model's device); the network is moved there for the
+            call and moved back after it.
+        thumbnail: side of the thumbnails kept for maps.
+        progress: None, True (a tqdm bar), or a tqdm-like callable used as
+            `progress(batches, total=n_batches)` (e.g. `functools.partial(tqdm, desc="embed")`).
+
+    Returns:
+        `Features(features (N, D), predictions (N,) or None, images (N, 3, t, t), names, paths)`.
+        With the default layer the predictions are the classifier applied to the captured
+        features (the same as a whole forward); with a named layer they are None.
+    """
+    m = as_model(model)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise FastvizError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if pool not in ("avg", "flatten"):
+        raise FastvizError(f"pool: expected 'avg' or 'flatten', got {pool!r}")
+    size = m.input_size[0] if m.input_size else 224
+    n, get, names, paths = _source(images_or_folder, size)
+    home = m.device
+    dev = torch.device(device) if device is not None else home
+    steps = range(0, n, batch_size)
+    if progress is True:
+        from tqdm import tqdm
+        progress = tqdm
+    if progress:
+        steps = progress(steps, total=len(steps))
+    feats, preds, thumbs = [], [], []
+    try:
+        m.to(dev)
+        with session(m) as s, torch.no_grad():
+            fc = _classifier(m) if layer is None else None
+            for i in steps:
+                x = get(i, i + batch_size).to(dev, torch.float32)
+                if fc is not None:
+                    f = _classifier_input(s, *fc, x).flatten(1)
+                    # F.linear, not the module: the user's hooks on it see no extra call
+                    preds.append(F.linear(f, fc[1].weight, fc[1].bias).argmax(1).cpu())
+                else:
+                    acts, _ = s.forward(x, [layer], stop=True)
+                    f = _pooled(acts[layer], pool)
+                feats.append(f.float().cpu())
+                thumbs.append(F.interpolate(x, size=(thumbnail, thumbnail), mode="bilinear",
+                                            antialias=True, align_corners=False).clamp(0, 1).cpu())
+    except RuntimeError as e:
+        if dev != home and ("CUDA" in str(e) or "device" in str(e)):
+            raise FastvizError(f"device: could not run on {dev} ({e})") from e
+        raise
+    finally:
+        m.to(home)
+    return Features(torch.cat(feats), torch.cat(preds) if preds else None, torch.cat(thumbs),
+                    names, paths)
+
+
+# -- reduction ------------------------------------------------------------------------------
+def reduce(features: torch.Tensor | np.ndarray, method: str = "tsne", perplexity: float = 30.0,
+           seed: int = 0) -> np.ndarray:
+    """(N, D) features -> (N, 2) coordinates with PCA or t-SNE (scikit-learn).
+
+    t-SNE first reduces to 50 dimensions with PCA when D is larger, and lowers the perplexity
+    to (N - 1) / 3 when N is small (with a warning): van der Maaten's bound 3 * perplexity <= N - 1.
+
+    Raises:
+        FastvizError: unknown method; fewer than 2 points (PCA) or 4 (t-SNE); non-finite values.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    if method not in METHODS:
+        raise FastvizError(f"method: expected 'tsne' or 'pca', got {method!r}")
+    x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    x = x.reshape(x.shape[0], -1).astype(np.float32)
+    n = x.shape[0]
+    need = TSNE_MIN_IMAGES if method == "tsne" else 2
+    if n < need:
+        hint = "; use method='pca' for so few" if method == "tsne" and n >= 2 else ""
+        raise FastvizError(f"images_or_folder: {method} needs at least {need} images, got {n}{hint}")
+    if not np.isfinite(x).all():
+        raise FastvizError("features: not finite (NaN or inf); check the images and the layer")
+    if method == "pca":
+        k = min(2, n, x.shape[1])
+        coords = PCA(n_components=k, random_state=seed).fit_transform(x)
+        return np.pad(coords, ((0, 0), (0, 2 - k))).astype(np.float32)
+    if not perplexity > 0:
+        raise FastvizError(f"perplexity: expected a positive number, got {perplexity}")
+    most = (n - 1) / 3
+    if perplexity > most:
+        warnings.warn(f"perplexity: {perplexity} is too large for {n} images; using {most:.3g} "
+                      f"(t-SNE needs 3 * perplexity <= N - 1)", stacklevel=2)
+        perplexity = most
+    if x.shape[1] > PCA_BEFORE_TSNE and n > PCA_BEFORE_TSNE:
+        x = PCA(n_components=PCA_BEFORE_TSNE, random_state=seed).fit_transform(x)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                random_state=seed)
+    return tsne.fit_transform(x).astype(np.float32)
+
+
+def neighbour_agreement(points, groups, k: int = 5) -> float:
+    """Mean fraction of each point's k nearest neighbours (itself excluded) in its own group.
+
+    Args:
+        points: (N, D) coordinates or features.
+        groups: (N,) group of each point (e.g. the source photo of a crop).
+
+    Returns:
+        A fraction in [0, 1]; chance is about the share of the largest groups.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    p = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    g = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
+    p = p.reshape(p.shape[0], -1)
+    if g.shape[0] != p.shape[0]:
+        raise FastvizError(f"groups: expected one per point ({p.shape[0]}), got {g.shape[0]}")
+    if not 1 <= k < p.shape[0]:
+        raise FastvizError(f"k: expected 1 <= k < {p.shape[0]}, got {k}")
+    idx = NearestNeighbors(n_neighbors=k).fit(p).kneighbors(return_distance=False)
+    return float((g[idx] == g[:, None]).mean())
+
+
+# -- the embedding --------------------------------------------------------------------------
+@dataclass
+class Embedding:
+    """Images placed in 2-D by their features. Draw it with `thumbnail_map` and `scatter`.
+
+    Attributes:
+        coords: (N, 2) numpy float32 map coordinates.
+        features: (N, D) features on the CPU.
+        predictions: (N,) top-1 class per image, or None (a named layer stops before logits).
+        labels: class names per image (from the model's labels), or None.
+        names: a name per image (file names, or given names, or "0", "1", ...).
+        images: (N, 3, t, t) thumbnails in [0, 1].
+        paths: source files, or None for a tensor.
+    """
+
+    coords: np.ndarray
+    features: torch.Tensor
+    predictions: torch.Tensor | None
+    labels: list[str] | None
+    names: list[str]
+    images: torch.Tensor
+    paths: list[Path] | None = None
+    method: str = "tsne"
+    layer: str | None = None
+    _cells: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return self.coords.shape[0]
+
+    def grid_cells(self, rows: int, cols: int) -> np.ndarray:
+        """(N,) cell index (row * cols + col) of each image, one image per cell, chosen by a
+        linear assignment minimising the squared distance to the cell centres."""
+        from scipy.optimize import linear_sum_assignment
+
+        if rows * cols < len(self):
+            raise FastvizError(f"size: a {rows}x{cols} grid has fewer cells than {len(self)} images")
+        key = (rows, cols)
+        if key not in self._cells:
+            u = _unit(self.coords)
+            r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+            centres = np.stack([(c.ravel() + 0.5) / cols, 1 - (r.ravel() + 0.5) / rows], 1)
+            cost = ((u[:, None, :] - centres[None]) ** 2).sum(-1)
+            _, cell = linear_sum_assignment(cost)
+            self._cells[key] = cell
+        return self._cells[key]
+
+    def thumbnail_map(self, size: int | tuple[int, int] | None = None, cell: int = 48,
+                      background: float = 1.0) -> torch.Tensor:
+        """Each image's thumbnail in the grid cell nearest its place in the map, none overlapping.
+
+        Args:
+            size: the grid in cells, side or (rows, cols) (default: the smallest square that holds
+                every image).
+            cell: pixels per thumbnail.
+
+        Returns:
+            (3, rows * cell, cols * cell) in [0, 1]; up in the map is up in the picture.
+        """
+        if size is None:
+            size = math.ceil(math.sqrt(len(self)))
+        rows, cols = (size, size) if isinstance(size, int) else size
+        if cell < 1:
+            raise FastvizError(f"cell: expected a positive number of pixels, got {cell}")
+        thumbs = F.interpolate(self.images.float(), size=(cell, cell), mode="bilinear",
+                               antialias=True, align_corners=False).clamp(0, 1)
+        out = thumbs.new_full((3, rows * cell, cols * cell), background)
+        for i, k in enumerate(self.grid_cells(rows, cols)):
+            r, c = divmod(int(k), cols)
+            out[:, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = thumbs[i]
+        return out
+
+    def scatter(self, size: int = 512, groups: Sequence | None = None, max_legend: int = 12,
+                radius: int = 4) -> torch.Tensor:
+        """Points coloured by predicted class (or by `groups`), with a legend (OpenCV).
+
+        Args:
+            size: side of the plot in pixels (the legend is drawn to its right).
+            groups: a group per image to colour by instead of the predicted class.
+            max_legend: groups beyond the most frequent ones are drawn grey as "other".
+
+        Returns:
+            (3, size, size + legend width) in [0, 1].
+        """
+        if groups is None and self.predictions is not None:
+            groups = [self.labels[i] if self.labels else str(c)
+                      for i, c in enumerate(self.predictions.tolist())]
+        return _scatter_plot(_unit(self.coords), groups, size, max_legend, radius)
+
+    def neighbours(self, i: int, k: int = 8, space: str = "features") -> np.ndarray:
+        """Indices of the k images nearest image i (itself excluded), nearest first.
+
+        Args:
+            space: "features" (Euclidean distance of the features) or "map" (of the coordinates).
+        """
+        n = len(self)
+        if not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise FastvizError(f"i: expected an image index in [0, {n}), got {i!r}")
+        if not 1 <= k < n:
+            raise FastvizError(f"k: expected 1 <= k < {n}, got {k}")
+        if space not in ("features", "map"):
+            raise FastvizError(f"space: expected 'features' or 'map', got {space!r}")
+        pts = self.features.float() if space == "features" else torch.from_numpy(self.coords)
+        i = int(i) % n
+        d = (pts - pts[i]).pow(2).sum(1)
+        d[i] = float("inf")
+        return torch.topk(d, k, largest=False).indices.numpy()
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write index, name, x, y, predicted class, label (and path) per image; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "name", "x", "y", "prediction", "label"] + (["path"] if self.paths else []))
+            for i in range(len(self)):
+                pred = int(self.predictions[i]) if self.predictions is not None else ""
+                label = self.labels[i] if self.labels else ""
+                row = [i, self.names[i], f"{self.coords[i, 0]:.6g}", f"{self.coords[i, 1]:.6g}", pred, label]
+                w.writerow(row + ([str(self.paths[i])] if self.paths else []))
+        return path
+
+
+def _unit(coords: np.ndarray) -> np.ndarray:
+    """Coordinates scaled into [0, 1] per axis (a flat axis sits at 0.5)."""
+    lo, hi = coords.min(0), coords.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.where(hi > lo, (coords - lo) / span, 0.5)
+
+
+# tab10 then the lighter tab20 shades, RGB 0-255
+_PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (174, 199, 232),
+            (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148),
+            (247, 182, 210), (219, 219, 141), (158, 218, 229))
+_OTHER = (160, 160, 160)
+
+
+def _scatter_plot(u: np.ndarray, groups, size: int, max_legend: int, radius: int) -> torch.Tensor:
+    """Draw unit-square points on a white canvas, coloured by group, legend on the right."""
+    import cv2
+    from collections import Counter
+
+    if size < 64:
+        raise FastvizError(f"size: expected at least 64 pixels, got {size}")
+    n = u.shape[0]
+    groups = [str(g) for g in groups] if groups is not None else [""] * n
+    if len(groups) != n:
+        raise FastvizError(f"groups: expected one per point ({n}), got {len(groups)}")
+    top = [g for g, _ in Counter(groups).most_common(min(max_legend, len(_PALETTE)))]
+    colour = {g: _PALETTE[j] for j, g in enumerate(top)}
+    counts = Counter(groups)
+    legend = [(f"{g} ({counts[g]})", colour[g]) for g in top if g]
+    rest = n - sum(counts[g] for g in top)
+    if rest:
+        legend.append((f"other ({rest})", _OTHER))
+    font, fscale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 16
+    text_w = max([cv2.getTextSize(t, font, fscale, 1)[0][0] for t, _ in legend] or [0])
+    legend_w = text_w + 40 if legend else 0
+    canvas = np.full((size, size + legend_w, 3), 255, np.uint8)
+    margin = 2 * radius + 4
+    xy = np.round(margin + u * (size - 2 * margin)).astype(int)
+    xy[:, 1] = size - 1 - xy[:, 1]  # up in the map is up in the picture
+    order = sorted(range(n), key=lambda i: groups[i] in colour)  # "other" underneath
+    for i in order:
+        c = colour.get(groups[i], _OTHER)
+        cv2.circle(canvas, (int(xy[i, 0]), int(xy[i, 1])), radius, c, -1, cv2.LINE_AA)
+        cv2.circle(canvas, (int(xy[i, 0]), int(xy[i, 1])), radius, (60, 60, 60), 1, cv2.LINE_AA)
+    for j, (text, c) in enumerate(legend):
+        y = 12 + j * line
+        cv2.circle(canvas, (size + 12, y), 5, c, -1, cv2.LINE_AA)
+        ascii_text = text.encode("ascii", "replace").decode()
+        cv2.putText(canvas, ascii_text, (size + 24, y + 4), font, fscale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.rectangle(canvas, (0, 0), (size - 1, size - 1), (200, 200, 200), 1)
+    return torch.from_numpy(canvas).permute(2, 0, 1).float() / 255
+
+
+def embed(model: Model | nn.Module, images_or_folder, method: str = "tsne", layer: str | None = None,
+          batch_size: int = 32, device: str | torch.device | None = None, perplexity: float = 30.0,
+          seed: int = 0, progress: Callable | bool | None = None, names: Sequence[str] | None = None,
+          pool: str = "avg", thumbnail: int = 64) -> Embedding:
+    """Map images to 2-D by the network's features: the forward stops at the feature layer.
+
+    Args:
+        model: `Model` or nn.Module.
+        images_or_folder: (N, 3, H, W) tensor in [0, 1], a file, a folder or a list of them
+            (files without an image suffix are skipped with a warning; an empty folder or an
+            unreadable image file is an error).
+        method: "tsne" or "pca".
+        layer: feature layer (default: the classifier's input, the penultimate features).
+        batch_size, device, pool, thumbnail, progress: as in `features`.
+        perplexity: t-SNE perplexity, lowered with a warning when there are few images.
+        seed: t-SNE / PCA random state (the map is the same for the same seed).
+        names: a name per image for a tensor input (default "0", "1", ...).
+
+    Returns:
+        `Embedding` with coords (N, 2), features, predictions, labels, names, thumbnails.
+
+    Raises:
+        FastvizError: unknown method or layer; too few images (t-SNE needs 4, PCA 2); an empty
+            folder or unreadable image.
+
+    Example:
+        >>> embed(load_model(), demo_set().images, method="pca").coords.shape
+        (280, 2)
+    """
+    if method not in METHODS:
+        raise FastvizError(f"method: expected 'tsne' or 'pca', got {method!r}")
+    m = as_model(model)
+    feats = features(m, images_or_folder, layer, batch_size, device, pool, thumbnail, progress)
+    if names is not None:
+        if len(names) != feats.features.shape[0]:
+            raise FastvizError(f"names: expected {feats.features.shape[0]}, got {len(names)}")
+        feats.names = [str(n) for n in names]
+    coords = reduce(feats.features, method, perplexity, seed)
+    labels = None
+    if feats.predictions is not None:
+        table = m.labels or []
+        labels = [table[c] if c < len(table) else str(c) for c in feats.predictions.tolist()]
+    return Embedding(coords, feats.features, feats.predictions, labels, feats.names, feats.images,
+                     feats.paths, method, layer)
