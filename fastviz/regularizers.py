@@ -14,8 +14,8 @@ One step, given the centred image ``x``, the ascent direction ``d`` and the obje
 
 The functions here are the CPU path and the oracle for the fused Triton kernel in
 ``fastviz.kernels.yosinski``; ``regularize`` picks between the two. Nothing in a step syncs with
-the host: thresholds come from ``torch.kthvalue`` on the device and every branch is on Python
-values, so a step can be captured in a CUDA graph.
+the host: thresholds come from ``kth_smallest`` (kthvalue / topk) on the device and every branch
+is on Python values, so a step can be captured in a CUDA graph.
 
 The norm clip thresholds the squared norm: sqrt is monotonic, so the pixels kept are the same
 (up to fp32 rounding ties) and the sqrt pass is saved.
@@ -42,6 +42,7 @@ __all__ = [
     "gaussian_blur",
     "percentile_rank",
     "percentile_threshold",
+    "kth_smallest",
     "clip_small",
     "regularize_reference",
     "regularize",
@@ -196,8 +197,31 @@ def percentile_threshold(v: Tensor, percentile: float) -> Tensor:
         >>> percentile_threshold(torch.arange(10.0).view(1, 10), 30.0)
         tensor([[2.]])
     """
-    k = percentile_rank(percentile, v.shape[1])
-    return torch.kthvalue(v, k, dim=1, keepdim=True).values
+    return kth_smallest(v, percentile_rank(percentile, v.shape[1])).unsqueeze(1)
+
+
+def kth_smallest(v: Tensor, k: int) -> Tensor:
+    """Per-row k-th smallest value (1-based k), exact, on the device of ``v``.
+
+    On CPU ``torch.kthvalue``; on CUDA the max of the k smallest by ``torch.topk`` (or the min of
+    the N-k+1 largest), which measured twice as fast as CUDA's kthvalue at 8x50176 (H200).
+
+    Args:
+        v: (B, N) values.
+        k: rank in [1, N].
+    Returns:
+        (B,) k-th smallest value of each row.
+    """
+    if not v.is_cuda:
+        return torch.kthvalue(v, k, dim=1).values
+    return _kth_smallest_topk(v, k)
+
+
+def _kth_smallest_topk(v: Tensor, k: int) -> Tensor:
+    n = v.shape[1]
+    if k <= n - k + 1:
+        return torch.topk(v, k, dim=1, largest=False, sorted=False).values.amax(dim=1)
+    return torch.topk(v, n - k + 1, dim=1, largest=True, sorted=False).values.amin(dim=1)
 
 
 def _keep_mask(score: Tensor, percentile: float) -> Tensor:

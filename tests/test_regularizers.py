@@ -25,7 +25,9 @@ from fastviz.regularizers import (
     Yosinski,
     clip_small,
     gaussian_blur,
+    _kth_smallest_topk,
     gaussian_taps,
+    kth_smallest,
     percentile_threshold,
     regularize,
     regularize_reference,
@@ -158,6 +160,31 @@ def test_percentile_threshold_matches_partition(p, n):
     got = percentile_threshold(torch.from_numpy(v), p).numpy()
     assert got.shape == (3, 1)
     np.testing.assert_array_equal(got[:, 0], np_kth(v, p), err_msg=f"seed {seed}")
+
+
+def _kth_cases(rng):
+    u = lambda *s: rng.random(s, dtype=np.float32)  # noqa: E731
+    return {
+        "uniform": u(3, 1000),
+        "same exponent": 1.0 + u(2, 777),  # only the mantissa bits differ
+        "ties": np.floor(u(2, 500) * 5),  # many exact ties, zeros among them
+        "all equal": np.full((2, 64), 0.3, dtype=np.float32),
+        "subnormals": np.where(u(2, 300) < 0.5, 0.0, u(2, 300) * 1e-40).astype(np.float32),
+        "with inf": np.concatenate([u(1, 50), np.full((1, 3), np.inf, dtype=np.float32)], axis=1),
+        "one value": u(4, 1),
+    }
+
+
+@pytest.mark.parametrize("case", list(_kth_cases(np.random.default_rng(0))))
+def test_kth_smallest_both_methods_match_partition(case):
+    # kth_smallest uses kthvalue on CPU and topk on CUDA: both are checked here, on CPU.
+    seed = fresh_seed()
+    v = _kth_cases(np.random.default_rng(seed))[case]
+    n = v.shape[1]
+    for k in sorted({k for k in (1, 2, n // 3 + 1, (n + 1) // 2, n - 1, n) if 1 <= k <= n}):
+        want = np.partition(v, k - 1, axis=1)[:, k - 1]
+        for got in (kth_smallest(torch.from_numpy(v), k), _kth_smallest_topk(torch.from_numpy(v), k)):
+            np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{case} k={k}, seed {seed}")
 
 
 @pytest.mark.parametrize("p", [0.0, 30.0, 90.0])
