@@ -236,8 +236,10 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
     if progress:
         steps = progress(steps, total=len(steps))
     feats, preds, thumbs = [], [], []
+    moved = dev != home
     try:
-        m.to(dev)
+        if moved:
+            m.to(dev)
         with session(m) as s, torch.no_grad():
             fc = _classifier(m) if layer is None else None
             for i in steps:
@@ -245,21 +247,24 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
                 if fc is not None:
                     f = _classifier_input(s, *fc, x).flatten(1)
                     # F.linear, not the module: the user's hooks on it see no extra call
-                    preds.append(F.linear(f, fc[1].weight, fc[1].bias).argmax(1).cpu())
+                    preds.append(F.linear(f, fc[1].weight, fc[1].bias).argmax(1))
                 else:
                     acts, _ = s.forward(x, [layer], stop=True)
                     f = _pooled(acts[layer], pool)
-                feats.append(f.float().cpu())
+                # kept on the device: one copy to the host at the end, no sync per batch
+                feats.append(f.float())
                 thumbs.append(F.interpolate(x, size=(thumbnail, thumbnail), mode="bilinear",
-                                            antialias=True, align_corners=False).clamp(0, 1).cpu())
+                                            antialias=True, align_corners=False).clamp(0, 1))
+            out = Features(torch.cat(feats).cpu(), torch.cat(preds).cpu() if preds else None,
+                           torch.cat(thumbs).cpu(), names, paths)
     except RuntimeError as e:
-        if dev != home and ("CUDA" in str(e) or "device" in str(e)):
+        if moved and ("CUDA" in str(e) or "device" in str(e)):
             raise FastvizError(f"device: could not run on {dev} ({e})") from e
         raise
     finally:
-        m.to(home)
-    return Features(torch.cat(feats), torch.cat(preds) if preds else None, torch.cat(thumbs),
-                    names, paths)
+        if moved:
+            m.to(home)
+    return out
 
 
 # -- reduction ------------------------------------------------------------------------------
