@@ -1,0 +1,302 @@
+"""Class activation maps: Grad-CAM, guided Grad-CAM, Score-CAM, LayerCAM.
+
+Each map is built from one feature map `A` (B, K, h, w) of a named layer. The layer's output is
+captured in the forward as a fresh leaf tensor, so the gradient `d score / d A` is one
+`torch.autograd.grad` through the layers *after* it: nothing before the layer records a graph,
+parameters are frozen (DESIGN rule 2) and no `.backward()` touches them. Maps are upsampled to the
+image size on the device (bilinear, align_corners=False) and, by default, normalised per image to
+[0, 1] by (m - min) / (max - min) (a constant map becomes zeros).
+
+The default layer (`layer=None`) is found by one no-grad capture pass over one image: the last
+module, in the order modules finish, that runs exactly once and returns a 4-D map whose spatial
+size is larger than 1x1. That gives `layer4` for torchvision ResNets, `features` for DenseNet,
+`avgpool` for VGG/AlexNet (an adaptive pool that, at 224, returns `features`' map unchanged),
+and `_bn1` for EfficientNet-Lite0 (the head's batch norm: its activation `_swish` is one ReLU6
+module also used by the stem, so it cannot be named; the gradient through that ReLU6 is zero
+wherever the activation is clipped, so `_bn1` carries the same evidence).
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from .attribution import prepare
+from .errors import FastvizError
+from .guided import guided
+from .hooks import Session, session
+from .models import Model
+from .targets import Neuron, class_targets, pick
+
+__all__ = ["default_layer", "gradcam", "guided_gradcam", "layercam", "scorecam"]
+
+# (module -> {(C, H, W): name}): the default layer costs one forward per network and image size.
+_DEFAULT_LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FastvizError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _class_target(target):
+    if isinstance(target, Neuron):
+        raise FastvizError("target: class activation maps explain a class score; got a Neuron "
+                           "(use neuron_gradient for one unit)")
+    return target
+
+
+def _logits(logits: torch.Tensor) -> torch.Tensor:
+    if logits is None or logits.dim() != 2:
+        shape = None if logits is None else tuple(logits.shape)
+        raise FastvizError(f"model: expected logits (B, classes), got {shape}")
+    return logits
+
+
+def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W), bilinear on the device."""
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-image (m - min) / (max - min); a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    lo = flat.amin(1, keepdim=True)
+    span = flat.amax(1, keepdim=True) - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return out.view_as(maps)
+
+
+def default_layer(model, x: torch.Tensor) -> str:
+    """The layer CAM methods use when `layer=None` (see the module docstring for the rule).
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images (only the shape of one image matters).
+
+    Returns:
+        A dotted module name.
+
+    Raises:
+        FastvizError: no module returns a spatial map (a network without convolutions).
+
+    Example:
+        >>> default_layer(load_model(), torch.rand(1, 3, 224, 224))
+        '_bn1'
+    """
+    m, x = prepare(model, x)
+    key = tuple(x.shape[1:])
+    cache = _DEFAULT_LAYERS.setdefault(m.module, {})
+    if key in cache:
+        return cache[key]
+    names = {mod: n for n, mod in m.module.named_modules() if n}
+    runs: dict[str, int] = {}
+    finished: list[str] = []
+
+    def record(mod, _i, out):
+        name = names.get(mod)
+        if name is None:
+            return
+        runs[name] = runs.get(name, 0) + 1
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1:
+            finished.append(name)
+
+    with session(m) as s:
+        for mod in names:
+            s.add_forward_hook(mod, record)
+        with torch.no_grad():
+            m(x[:1])
+    for name in reversed(finished):
+        if runs[name] == 1:
+            cache[key] = name
+            return name
+    raise FastvizError(f"layer: {m.name} has no module that returns a feature map (B, C, h, w) "
+                       f"with h x w > 1 at input {tuple(x.shape[1:])}; name one with layer=")
+
+
+def _layer_name(m: Model, x: torch.Tensor, layer) -> str:
+    if layer is None:
+        return default_layer(m, x)
+    m.layer(layer)  # unknown name -> FastvizError listing the nearest names
+    return layer
+
+
+def _capture(s: Session, x: torch.Tensor, layer: str, grad: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: (B, K, h, w) activation of `layer` and the logits.
+
+    With `grad`, the activation is a leaf that requires grad and the network after it runs on a
+    clone of it, so `autograd.grad(score, act)` differentiates only what follows the layer and a
+    later in-place op can never overwrite the captured values.
+    """
+    m = s.model
+    module = m.layer(layer)
+    s.check_single_use([layer], x)
+    box: dict[str, torch.Tensor] = {}
+
+    def grab(_m, _i, out):
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise FastvizError(f"layer: {layer!r} returns {what}, expected a feature map (B, C, h, w)")
+        if not grad:
+            box["act"] = out.detach().clone()
+            return None
+        leaf = out.detach().requires_grad_(True)
+        box["act"] = leaf
+        return leaf.clone()
+
+    handle = module.register_forward_hook(grab)
+    try:
+        with torch.set_grad_enabled(grad):
+            logits = _logits(m(x))
+    finally:
+        handle.remove()
+    if "act" not in box:
+        raise FastvizError(f"layer: {layer!r} did not run in the forward of {m.name}")
+    return box["act"], logits
+
+
+def _act_and_grad(model, x, target, layer):
+    """(model, x, act, d score / d act, targets used) for the gradient CAMs."""
+    m, x = prepare(model, x)
+    target = _class_target(target)
+    name = _layer_name(m, x, layer)
+    with session(m, no_inplace=True) as s:
+        act, logits = _capture(s, x, name, grad=True)
+        t = class_targets(target, x.shape[0], m.num_classes or logits.shape[1])
+        score, used = pick(logits, t)
+        (g,) = torch.autograd.grad(score.sum(), act)
+    return m, x, act.detach(), g, used
+
+
+def _finish(cam: torch.Tensor, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    cam = _upsample(cam, x.shape[-2:])
+    return _minmax(cam) if normalize else cam
+
+
+# -- the methods ------------------------------------------------------------------------------
+def _gradcam(model, x, target, layer, normalize):
+    m, x, act, g, used = _act_and_grad(model, x, target, layer)
+    weights = g.mean((2, 3), keepdim=True)
+    cam = (weights * act).sum(1).clamp_min(0)
+    return m, x, _finish(cam, x, normalize), used
+
+
+def gradcam(model, x, target=None, layer: str | None = None, normalize: bool = True) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k alpha_k A_k), alpha_k = mean_ij d y_c / d A_kij.
+
+    y_c is the class logit (before softmax). One forward (captured at `layer`) and one backward
+    from the logits to that layer.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        target: class per row (int, list, tensor) or None for each row's top-1.
+        layer: dotted module name; None = `default_layer(model, x)`.
+        normalize: scale each map to [0, 1] by (m - min) / (max - min); False keeps the raw
+            upsampled ReLU(sum_k alpha_k A_k).
+
+    Returns:
+        (B, H, W) map, upsampled bilinearly to the image size.
+
+    Raises:
+        FastvizError: bad images, class out of range, unknown layer, a layer used twice in one
+            forward, a layer whose output is not a (B, C, h, w) map.
+
+    Example:
+        >>> gradcam(load_model(), torch.rand(2, 3, 224, 224), target=285).shape
+        torch.Size([2, 224, 224])
+    """
+    return _gradcam(model, x, target, layer, normalize)[2]
+
+
+def guided_gradcam(model, x, target=None, layer: str | None = None) -> torch.Tensor:
+    """Guided Grad-CAM: the [0, 1]-normalised Grad-CAM map times guided backprop, per pixel.
+
+    Both parts explain the same class per row (top-1 resolved once, by the Grad-CAM pass).
+
+    Args:
+        model, x, target, layer: as for `gradcam`.
+
+    Returns:
+        (B, 3, H, W) signed map; `fastviz.image.normalize(g, "signed")` shows it.
+    """
+    m, x, cam, used = _gradcam(model, x, target, layer, True)
+    with session(m) as s:
+        if guided(s) == 0:
+            warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
+                          f"the plain gradient", stacklevel=2)
+        xi = x.detach().requires_grad_(True)
+        score, _ = pick(_logits(m(xi)), used)  # the device targets of the Grad-CAM pass: no sync
+        (g,) = torch.autograd.grad(score.sum(), xi)
+    return cam[:, None] * g
+
+
+def layercam(model, x, target=None, layer: str | None = None, normalize: bool = True) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(d y_c / d A_k) * A_k), pixel by pixel.
+
+    Args:
+        model, x, target, layer, normalize: as for `gradcam`.
+
+    Returns:
+        (B, H, W) map, upsampled bilinearly to the image size, [0, 1] per image when `normalize`.
+    """
+    _, x, act, g, _ = _act_and_grad(model, x, target, layer)
+    cam = (g.clamp_min(0) * act).sum(1).clamp_min(0)
+    return _finish(cam, x, normalize)
+
+
+@torch.no_grad()
+def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 32,
+             normalize: bool = True) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020), as the authors' code computes it.
+
+    For each channel k the activation A_k is upsampled to the image and scaled to [0, 1], M_k;
+    the network input (the normalised image) is multiplied by M_k, so masked-out pixels take the
+    dataset mean; w_k = softmax(f(x * M_k))_c. The map is ReLU(sum_k w_k up(A_k)) (channels with
+    a constant A_k get w_k = 0, as the authors skip them). The B x K masked forwards run without
+    gradients in chunks of `batch_size` rows, so any B x K fits in memory; masks are built per
+    chunk.
+
+    Args:
+        model, x, target, layer, normalize: as for `gradcam`.
+        batch_size: masked images per forward.
+
+    Returns:
+        (B, H, W) map, [0, 1] per image when `normalize`.
+
+    Raises:
+        FastvizError: as `gradcam`, and batch_size < 1.
+    """
+    batch_size = _check_batch_size(batch_size)
+    m, x = prepare(model, x)
+    target = _class_target(target)
+    name = _layer_name(m, x, layer)
+    B, _, H, W = x.shape
+    with session(m, no_inplace=True) as s:
+        act, logits = _capture(s, x, name, grad=False)
+        t = class_targets(target, B, m.num_classes or logits.shape[1])
+        _, used = pick(logits, t)
+        K = act.shape[1]
+        flat = act.reshape(B * K, 1, *act.shape[-2:])
+        xn = m.normalize(x)
+        weights = x.new_empty(B * K)
+        for i in range(0, B * K, batch_size):
+            j = min(i + batch_size, B * K)
+            rows = torch.arange(i, j, device=x.device) // K
+            up = F.interpolate(flat[i:j], size=(H, W), mode="bilinear", align_corners=False)
+            lo = up.amin((2, 3), keepdim=True)
+            span = up.amax((2, 3), keepdim=True) - lo
+            mask = (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny)
+            out = _logits(m.module(xn.index_select(0, rows) * mask))
+            prob = out.float().softmax(1).gather(1, used.index_select(0, rows)[:, None])[:, 0]
+            weights[i:j] = torch.where(span.flatten() > 0, prob, 0.0)
+    # sum_k w_k up(A_k) = up(sum_k w_k A_k): bilinear upsampling is linear.
+    cam = (weights.view(B, K, 1, 1) * act).sum(1)
+    cam = _upsample(cam, (H, W)).clamp_min(0)
+    return _minmax(cam) if normalize else cam
