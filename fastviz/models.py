@@ -89,6 +89,9 @@ class Model:
         self.labels = list(labels) if labels is not None else None
         self.name = name or type(module).__name__
         self._single_use: dict[str, bool] = {}
+        # (device, dtype) -> ((1, C, 1, 1) mean, (1, C, 1, 1) 1/std): made once, so that no
+        # host-to-device copy happens inside a step (a CUDA graph capture forbids it).
+        self._norm: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -119,20 +122,26 @@ class Model:
         return self
 
     # -- normalisation --------------------------------------------------------------------
+    def _norm_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._norm:
+            mean = torch.tensor(self.mean, dtype=like.dtype).view(1, -1, 1, 1).to(like.device)
+            inv_std = torch.tensor([1.0 / s for s in self.std], dtype=like.dtype).view(1, -1, 1, 1)
+            self._norm[key] = (mean, inv_std.to(like.device))
+        return self._norm[key]
+
     def mean_tensor(self, like: torch.Tensor) -> torch.Tensor:
         """(1, C, 1, 1) mean on like's device and dtype (zeros when the model takes [0, 1] as is)."""
-        c = like.shape[1]
         if self.mean is None:
-            return like.new_zeros(1, c, 1, 1)
-        return torch.tensor(self.mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+            return like.new_zeros(1, like.shape[1], 1, 1)
+        return self._norm_tensors(like)[0]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> what the network takes."""
         if self.mean is None:
             return x
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        inv_std = torch.tensor([1.0 / s for s in self.std], device=x.device, dtype=x.dtype)
-        return (x - mean) * inv_std.view(1, -1, 1, 1)
+        mean, inv_std = self._norm_tensors(x)
+        return (x - mean) * inv_std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(self.normalize(x))

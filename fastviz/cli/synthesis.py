@@ -1,0 +1,156 @@
+"""`fastviz class | feature | neuron | dream | invert`: synthesis with progress bars and grid PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import image, io, render
+from ..regularizers import Yosinski
+from ..targets import Neuron
+from .common import add_model_args, add_out_arg, model_from_args, out_dir, slug
+
+
+def _add_loop_args(p, steps: int = 200) -> None:
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="rows rendered at once (default: all)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--backend", default="auto", choices=("auto", "eager", "graph"))
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the network")
+
+
+def _add_reg_args(p) -> None:
+    d = Yosinski()
+    p.add_argument("--decay", type=float, default=d.decay)
+    p.add_argument("--blur-every", type=int, default=d.blur_every)
+    p.add_argument("--blur-sigma", type=float, default=d.blur_sigma)
+    p.add_argument("--norm-percentile", type=float, default=d.norm_percentile)
+    p.add_argument("--contribution-percentile", type=float, default=d.contribution_percentile)
+
+
+def _reg(args) -> Yosinski:
+    return Yosinski(decay=args.decay, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
+                    norm_percentile=args.norm_percentile, contribution_percentile=args.contribution_percentile)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("class", help="class models by gradient ascent (Simonyan; Yosinski regularizers)")
+    p.add_argument("classes", nargs="+", type=int)
+    add_model_args(p)
+    _add_loop_args(p)
+    _add_reg_args(p)
+    add_out_arg(p, "out/class")
+    p.set_defaults(func=run_class)
+
+    p = sub.add_parser("feature", help="channel visualisation of a layer")
+    p.add_argument("layer")
+    p.add_argument("channels", nargs="+", type=int)
+    add_model_args(p)
+    _add_loop_args(p)
+    _add_reg_args(p)
+    add_out_arg(p, "out/feature")
+    p.set_defaults(func=run_feature)
+
+    p = sub.add_parser("dream", help="DeepDream on photos")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--layer", required=True)
+    p.add_argument("--octaves", type=int, default=4)
+    p.add_argument("--steps-per-octave", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    add_model_args(p)
+    add_out_arg(p, "out/dream")
+    p.set_defaults(func=run_dream)
+
+    p = sub.add_parser("invert", help="reconstruct photos from a layer's representation")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--layer", required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    add_model_args(p)
+    add_out_arg(p, "out/invert")
+    p.set_defaults(func=run_invert)
+
+
+class Bar:
+    """A tqdm bar as a fastviz progress callback."""
+
+    def __init__(self, desc: str):
+        self.bar = tqdm(desc=desc, unit="step")
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self):
+        self.bar.close()
+
+
+def _loop_kwargs(args) -> dict:
+    kw = dict(steps=args.steps, seed=args.seed, batch_size=args.batch_size, backend=args.backend, amp=args.amp)
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    return kw
+
+
+def _write(r, out: Path, names: list[str], title: str) -> None:
+    for img, name in zip(r.images, names):
+        image.save_image(img, out / f"{name}.png")
+    path = image.save_image(image.grid(r.images), out / "grid.png")
+    print(f"{title}: {len(names)} images and {path.name} in {out}/ "
+          f"({r.info['backend']}, {r.info['seconds']:.1f} s)")
+
+
+def run_class(args) -> int:
+    model = model_from_args(args)
+    bar = Bar("class models")
+    try:
+        r = render.class_model(model, args.classes, reg=_reg(args), progress=bar, device=model.device,
+                               **_loop_kwargs(args))
+    finally:
+        bar.close()
+    labels = model.labels or [str(c) for c in range(max(args.classes) + 1)]
+    _write(r, out_dir(args.out), [f"{c:04d}_{slug(labels[c])}" for c in args.classes], "class models")
+    return 0
+
+
+def run_feature(args) -> int:
+    model = model_from_args(args)
+    bar = Bar(f"{args.layer} channels")
+    try:
+        r = render.feature(model, args.layer, args.channels, reg=_reg(args), progress=bar,
+                           device=model.device, **_loop_kwargs(args))
+    finally:
+        bar.close()
+    _write(r, out_dir(args.out), [f"{slug(args.layer)}_{c:04d}" for c in args.channels], "features")
+    return 0
+
+
+def run_dream(args) -> int:
+    model = model_from_args(args)
+    files = io._expand(args.paths)
+    x = io.load_images(files)
+    bar = Bar("deepdream")
+    try:
+        r = render.deepdream(model, x, args.layer, octaves=args.octaves, steps_per_octave=args.steps_per_octave,
+                             lr=args.lr, seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    _write(r, out_dir(args.out), [f"{slug(f.stem)}_dream" for f in files], "deepdream")
+    return 0
+
+
+def run_invert(args) -> int:
+    model = model_from_args(args)
+    files = io._expand(args.paths)
+    x = io.load_images(files)
+    bar = Bar("invert")
+    try:
+        r = render.invert(model, x, args.layer, steps=args.steps, seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    _write(r, out_dir(args.out), [f"{slug(f.stem)}_{slug(args.layer)}" for f in files], "inversions")
+    return 0

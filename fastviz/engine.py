@@ -1,0 +1,350 @@
+"""The synthesis loop: one engine for class models, features, neurons, DeepDream and inversion.
+
+A step is: image = mean + x (x centred, so the "zero image" is the mean colour) -> optional
+jitter -> forward, stopped at the deepest layer the objective needs -> per-row objective ->
+gradient to x only (parameters frozen) -> optimiser direction -> the regularizer step (update,
+L2 decay, blur, the two Yosinski clips, clamp to the valid range), written into x in place.
+
+Two backends run that same step:
+- "eager": torch ops, on the CPU or CUDA. No host sync inside a step: scores go into a device
+  history buffer that is read back only at progress / snapshot points.
+- "graph" (CUDA): the step is warmed up on a side stream, then `period` steps (one blur period,
+  so the blur-every-k schedule needs no host control flow) are captured once in a CUDA graph
+  and replayed; step counters and the history index live on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import FastvizError
+from .hooks import session
+from .models import Model
+from .objectives import LOGITS, Objective
+from .regularizers import NONE, Yosinski, regularize
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Render:
+    """The result of a synthesis run.
+
+    Attributes:
+        images: (B, 3, H, W) in [0, 1], on the CPU.
+        history: (steps, B) objective per step and row, on the CPU.
+        snapshots: [(step, (B, 3, H, W) images)] every `snapshot_every` steps.
+        objective: a description of what was maximised.
+        info: backend, device, seconds, steps per second.
+    """
+
+    images: Tensor
+    history: Tensor
+    snapshots: list = field(default_factory=list)
+    objective: str = ""
+    info: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Render({tuple(self.images.shape)} images, {self.history.shape[0]} steps, "
+                f"{self.objective}, {self.info.get('backend')})")
+
+
+# -- optimisers: a direction from the gradient, state in preallocated buffers ------------------
+class SGD:
+    """Momentum SGD: v = momentum * v + g; direction v."""
+
+    def __init__(self, x: Tensor, momentum: float = 0.9):
+        self.momentum = momentum
+        self.v = torch.zeros_like(x)
+
+    def reset(self) -> None:
+        self.v.zero_()
+
+    def direction(self, g: Tensor) -> Tensor:
+        if self.momentum == 0:
+            return g
+        return self.v.mul_(self.momentum).add_(g)
+
+
+class Adam:
+    """Adam (Kingma & Ba) with the step count on the device, so a CUDA graph can replay it."""
+
+    def __init__(self, x: Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.m = torch.zeros_like(x)
+        self.v = torch.zeros_like(x)
+        self.d = torch.zeros_like(x)
+        self.t = torch.zeros((), device=x.device)
+
+    def reset(self) -> None:
+        for t in (self.m, self.v, self.d, self.t):
+            t.zero_()
+
+    def direction(self, g: Tensor) -> Tensor:
+        self.t.add_(1)
+        self.m.lerp_(g, 1 - self.b1)
+        self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        bc1 = 1 - torch.pow(self.b1, self.t)
+        bc2 = 1 - torch.pow(self.b2, self.t)
+        # d = m_hat / (sqrt(v_hat) + eps), built in the preallocated buffer.
+        torch.div(self.v, bc2, out=self.d)
+        self.d.sqrt_().add_(self.eps).mul_(bc1)
+        return torch.div(self.m, self.d, out=self.d)
+
+
+class Normalized:
+    """The DeepDream step: the gradient divided by its mean magnitude, per image (no state).
+
+    Unlike Adam, pixels with a small gradient move little, so the image changes where the
+    objective responds.
+    """
+
+    def __init__(self, x: Tensor, eps: float = 1e-8):
+        self.eps = eps
+        self.d = torch.zeros_like(x)
+
+    def reset(self) -> None:
+        self.d.zero_()
+
+    def direction(self, g: Tensor) -> Tensor:
+        scale = g.abs().mean((1, 2, 3), keepdim=True).add_(self.eps)
+        return torch.div(g, scale, out=self.d)
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD, "normalized": Normalized}
+
+
+def _shift(img: Tensor, offsets: Tensor) -> Tensor:
+    """Translate each row by integer (dy, dx) pixels (reflecting at the border), differentiably.
+
+    offsets: (B, 2) float tensor on the device. Bilinear sampling at whole-pixel offsets is an
+    exact shift, and it keeps the shape fixed (no per-step reallocation).
+    """
+    b, _, h, w = img.shape
+    theta = torch.zeros(b, 2, 3, device=img.device, dtype=img.dtype)
+    theta[:, 0, 0] = 1
+    theta[:, 1, 1] = 1
+    theta[:, 0, 2] = -2 * offsets[:, 1] / w
+    theta[:, 1, 2] = -2 * offsets[:, 0] / h
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class Loop:
+    """The state of one batched run (static buffers) and its step.
+
+    Args:
+        model: the wrapped network (already on the device, inside a session).
+        objective: per-row objective, already on the device.
+        x0: (B, C, H, W) centred start image on the device.
+        steps: total steps (sizes the history buffer).
+    """
+
+    def __init__(self, sess, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski,
+                 optimizer: str, lr: float, l2: float, jitter: int, impl: str, amp: bool,
+                 generator: torch.Generator | None):
+        self.sess, self.model = sess, sess.model
+        self.objective = objective
+        self.reg, self.lr, self.l2, self.jitter, self.impl, self.amp = reg, lr, l2, jitter, impl, amp
+        self.generator = generator
+        self.x0 = x0
+        self.x = x0.clone().requires_grad_(True)
+        self.mean = self.model.mean_tensor(x0)
+        self.lo = (-self.mean).flatten().contiguous()
+        self.hi = (1 - self.mean).flatten().contiguous()
+        if optimizer not in OPTIMIZERS:
+            raise FastvizError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.opt = OPTIMIZERS[optimizer](self.x)
+        self.layers = sorted(objective.layers - {LOGITS})
+        self.stop = not objective.needs_logits
+        self.history = torch.zeros(steps, x0.shape[0], device=x0.device)
+        self.counter = torch.zeros((), dtype=torch.long, device=x0.device)
+
+    def reset(self) -> None:
+        """Back to the start (after a warm-up): image, optimiser state, history, counter."""
+        with torch.no_grad():
+            self.x.copy_(self.x0)
+            self.opt.reset()
+            self.history.zero_()
+            self.counter.zero_()
+
+    def image(self) -> Tensor:
+        """(B, C, H, W) current image in [0, 1]."""
+        return (self.x.detach() + self.mean).clamp(0, 1)
+
+    def activations(self, img: Tensor) -> dict[str, Tensor]:
+        amp = torch.autocast(img.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.amp else contextlib.nullcontext()
+        with amp:
+            acts, logits = self.sess.forward(img, self.layers, stop=self.stop)
+        if logits is not None:
+            acts[LOGITS] = logits
+        return acts
+
+    def check(self) -> None:
+        """One forward to validate the objective's indices against real shapes (host side, once)."""
+        with torch.no_grad():
+            self.objective.check(self.activations(self.image()))
+
+    def step(self, blur: bool) -> None:
+        img = self.x + self.mean
+        if self.jitter:
+            offsets = torch.randint(-self.jitter, self.jitter + 1, (img.shape[0], 2), device=img.device,
+                                    generator=self.generator).to(img.dtype)
+            img = _shift(img, offsets)
+        score = self.objective.score(self.activations(img), img).float()
+        total = score.sum()
+        if self.l2:
+            total = total - self.l2 * self.x.square().sum()
+        (g,) = torch.autograd.grad(total, self.x)
+        with torch.no_grad():
+            d = self.opt.direction(g)
+            regularize(self.x, d, g, lr=self.lr, reg=self.reg, blur=blur, lo=self.lo, hi=self.hi,
+                       impl=self.impl, out=self.x)
+            self.history.index_copy_(0, self.counter.view(1), score.detach()[None])
+            self.counter.add_(1)
+
+
+class GraphLoop:
+    """A CUDA graph of `period` consecutive steps of a Loop, replayed (DESIGN rule 7)."""
+
+    def __init__(self, loop: Loop, period: int, warmup: int = 2):
+        self.loop, self.period = loop, period
+        self.pattern = [loop.reg.blur_at(j) for j in range(period)]
+        side = torch.cuda.Stream(device=loop.x.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._steps()
+        torch.cuda.current_stream().wait_stream(side)
+        loop.reset()
+        self.graph = torch.cuda.CUDAGraph()
+        if loop.generator is not None:
+            self.graph.register_generator_state(loop.generator)
+        with torch.cuda.graph(self.graph):
+            self._steps()
+
+    def _steps(self) -> None:
+        for blur in self.pattern:
+            self.loop.step(blur)
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def _check_finite(history: Tensor, start: int, stop: int) -> None:
+    chunk = history[start:stop]
+    bad = ~torch.isfinite(chunk)
+    if bool(bad.any()):
+        step, row = (int(v) for v in bad.nonzero()[0])
+        raise FastvizError(f"objective became {float(chunk[step, row])} at step {start + step} "
+                           f"(row {row}); lower lr or strengthen the regularizer")
+
+
+def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski = NONE,
+        optimizer: str = "adam", lr: float = 0.05, l2: float = 0.0, jitter: int = 0,
+        backend: str = "auto", impl: str = "auto", amp: bool = False, seed: int = 0,
+        snapshot_every: int | None = None, progress: Progress | None = None,
+        progress_every: int | None = None, step_offset: int = 0) -> Render:
+    """Run `steps` steps of gradient ascent on a batch of centred images.
+
+    Args:
+        model: wrapped network, on the device of x0.
+        objective: per-row objective (rows == B, or row-independent).
+        x0: (B, C, H, W) centred start (image = model mean + x0).
+        steps: number of steps, >= 1.
+        reg: Yosinski regularizer configuration (`NONE` for none).
+        optimizer: "adam", "sgd" (momentum 0.9) or "normalized" (g / mean |g| per image).
+        lr: step size on the [0, 1] image scale.
+        l2: Simonyan's lambda: the objective is score - l2 * ||x||^2.
+        jitter: random integer translation of up to this many pixels per step and row.
+        backend: "auto" (graph on CUDA, eager elsewhere), "eager" or "graph".
+        impl: regularizer implementation, "auto" | "triton" | "torch".
+        amp: bf16 autocast for the network (the image stays fp32).
+        seed: seeds the device generator used for jitter.
+        snapshot_every: copy the images to the host every n steps.
+        progress: called as progress(steps_done, steps) at read-back points.
+        progress_every: steps between read-backs (default: 1 on the CPU, 16 on CUDA).
+        step_offset: where the blur schedule starts (for runs split into octaves).
+
+    Returns:
+        Render with images, history, snapshots.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise FastvizError(f"steps: expected an int >= 1, got {steps!r}")
+    if not lr > 0:
+        raise FastvizError(f"lr: expected a positive step size, got {lr}")
+    if l2 < 0:
+        raise FastvizError(f"l2: expected >= 0, got {l2}")
+    if not isinstance(jitter, int) or jitter < 0:
+        raise FastvizError(f"jitter: expected an int >= 0, got {jitter!r}")
+    if backend not in ("auto", "eager", "graph"):
+        raise FastvizError(f"backend: expected 'auto', 'eager' or 'graph', got {backend!r}")
+    if objective.rows is not None and objective.rows != x0.shape[0]:
+        raise FastvizError(f"objective: {objective.rows} targets for a batch of {x0.shape[0]}")
+    device = x0.device
+    if backend == "graph" and device.type != "cuda":
+        raise FastvizError(f"backend: 'graph' needs a CUDA device, got {device}")
+    use_graph = backend == "graph" or (backend == "auto" and device.type == "cuda")
+    every = progress_every or (16 if device.type == "cuda" else 1)
+    generator = None
+    if jitter:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+
+    t0 = time.perf_counter()
+    with session(model) as sess:
+        loop = Loop(sess, objective.to(device), x0, steps, reg=reg, optimizer=optimizer, lr=lr, l2=l2,
+                    jitter=jitter, impl=impl, amp=amp, generator=generator)
+        loop.check()
+        period = reg.blur_every if reg.blur_every > 0 else 1
+        graph = None
+        if use_graph:
+            try:
+                graph = GraphLoop(loop, period)
+            except FastvizError:
+                raise
+            except Exception as e:  # capture failed: say why; fall back only when allowed
+                if backend == "graph":
+                    raise FastvizError(f"backend: CUDA graph capture failed ({type(e).__name__}: {e})") from e
+                warnings.warn(f"fastviz: CUDA graph capture failed, running eager "
+                              f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
+                loop.reset()
+        snapshots = []
+        done, read, next_snapshot = 0, 0, snapshot_every or steps + 1
+        t1 = time.perf_counter()
+        while done < steps:
+            # A replay covers one blur period from a step that is a multiple of it.
+            if graph is not None and (step_offset + done) % period == 0 and steps - done >= period:
+                graph.replay()
+                done += period
+            else:
+                loop.step(reg.blur_at(step_offset + done))
+                done += 1
+            # With a graph, snapshots fall on the first replay boundary at or after each multiple.
+            at_snapshot = done >= next_snapshot
+            if done - read >= every or done == steps or at_snapshot:
+                _check_finite(loop.history, read, done)
+                read = done
+                if progress is not None:
+                    progress(done, steps)
+            if at_snapshot:
+                snapshots.append((done, loop.image().cpu()))
+                next_snapshot += snapshot_every * ((done - next_snapshot) // snapshot_every + 1)
+        images = loop.image()
+        if not bool(torch.isfinite(images).all()):
+            raise FastvizError(f"image became non-finite by step {steps}")
+        images, history = images.cpu(), loop.history.cpu()
+    t2 = time.perf_counter()
+    info = {"backend": "graph" if graph is not None else "eager", "device": str(device),
+            "seconds": t2 - t0, "loop_seconds": t2 - t1, "steps_per_second": steps / (t2 - t1),
+            "impl": impl, "amp": amp}
+    return Render(images, history, snapshots, objective.description, info)

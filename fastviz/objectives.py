@@ -1,0 +1,311 @@
+"""What synthesis maximises: one objective per batch row, composable with + - and scalar *.
+
+An objective reads the activations of the layers it names (and the logits when it needs the
+class scores) and returns one score per row, (B,). Row-specific targets (a class, a channel,
+a neuron per row) are index tensors, so N targets render as one batched loop; `select`
+takes the rows of one chunk when a render is split into batches.
+
+Example:
+    >>> obj = channel("_blocks.10", [3, 7]) - 0.5 * channel("_blocks.10", [9, 9])
+    >>> obj.layers, obj.rows
+    ({'_blocks.10'}, 2)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import FastvizError
+
+LOGITS = "<logits>"  # the pseudo-layer of class scores
+
+
+class Objective:
+    """Base class: `score(acts, img)` -> (B,) with acts[layer] (and acts[LOGITS])."""
+
+    layers: set[str] = set()
+    rows: int | None = None  # None: the same objective for every row
+
+    def score(self, acts: dict[str, Tensor], img: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def select(self, rows: slice) -> "Objective":
+        """The objective of rows[rows] (a chunk of the batch)."""
+        return self
+
+    def to(self, device) -> "Objective":
+        return self
+
+    def check(self, acts: dict[str, Tensor]) -> None:
+        """Validate indices against the activations once, before the loop (raises FastvizError)."""
+
+    @property
+    def needs_logits(self) -> bool:
+        return LOGITS in self.layers
+
+    def __add__(self, other: "Objective") -> "Objective":
+        return Sum([(1.0, self), (1.0, _as_objective(other))])
+
+    def __sub__(self, other: "Objective") -> "Objective":
+        return Sum([(1.0, self), (-1.0, _as_objective(other))])
+
+    def __mul__(self, k: float) -> "Objective":
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Sum([(float(k), self)])
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Objective":
+        return Sum([(-1.0, self)])
+
+    def __repr__(self) -> str:
+        return self.description
+
+    description = "objective"
+
+
+def _as_objective(o) -> Objective:
+    if not isinstance(o, Objective):
+        raise FastvizError(f"objective: expected a fastviz objective, got {type(o).__name__}")
+    return o
+
+
+class Sum(Objective):
+    def __init__(self, terms: list[tuple[float, Objective]]):
+        flat: list[tuple[float, Objective]] = []
+        for w, o in terms:
+            flat.extend((w * w2, o2) for w2, o2 in o.terms) if isinstance(o, Sum) else flat.append((w, o))
+        rows = {o.rows for _, o in flat if o.rows is not None}
+        if len(rows) > 1:
+            raise FastvizError(f"objective: terms have different row counts {sorted(rows)}")
+        self.terms = flat
+        self.rows = rows.pop() if rows else None
+        self.layers = set().union(*(o.layers for _, o in flat))
+
+    def score(self, acts, img):
+        total = None
+        for w, o in self.terms:
+            s = o.score(acts, img)
+            total = s * w if total is None else total + s * w
+        return total
+
+    def select(self, rows):
+        return Sum([(w, o.select(rows)) for w, o in self.terms])
+
+    def to(self, device):
+        return Sum([(w, o.to(device)) for w, o in self.terms])
+
+    def check(self, acts):
+        for _, o in self.terms:
+            o.check(acts)
+
+    @property
+    def description(self):
+        parts = [f"{'- ' if w < 0 else '+ '}{'' if abs(w) == 1 else f'{abs(w):g} * '}{o.description}"
+                 for w, o in self.terms]
+        return " ".join(parts).lstrip("+ ")
+
+
+def _indices(values, name: str) -> Tensor:
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    try:
+        t = torch.as_tensor(list(values), dtype=torch.long)
+    except (TypeError, ValueError) as e:
+        raise FastvizError(f"{name}: expected ints, got {values!r}") from e
+    if t.numel() == 0 or bool((t < 0).any()):
+        raise FastvizError(f"{name}: expected non-negative ints, got {values!r}")
+    return t
+
+
+class _Indexed(Objective):
+    """An objective with one index (class or channel) per row."""
+
+    def __init__(self, layer: str, index: Tensor):
+        self.layer = layer
+        self.index = index
+        self.layers = {layer}
+        self.rows = index.numel()
+
+    def _clone(self, index):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.index = index
+        new.rows = index.numel()
+        return new
+
+    def select(self, rows):
+        return self._clone(self.index[rows])
+
+    def to(self, device):
+        return self._clone(self.index.to(device))
+
+    def _act(self, acts: dict[str, Tensor]) -> Tensor:
+        a = acts[self.layer]
+        if a.shape[0] != self.rows:
+            raise FastvizError(f"objective: {self.rows} targets for a batch of {a.shape[0]}")
+        return a
+
+
+class ClassScore(_Indexed):
+    """The class score before softmax (Simonyan et al. 2014), one class per row."""
+
+    def __init__(self, classes):
+        super().__init__(LOGITS, _indices(classes, "classes"))
+
+    def check(self, acts):
+        n = acts[LOGITS].shape[1]
+        if int(self.index.max()) >= n:
+            raise FastvizError(f"classes: class index {int(self.index.max())} outside [0, {n})")
+
+    def score(self, acts, img):
+        return self._act(acts).gather(1, self.index[:, None]).squeeze(1)
+
+    @property
+    def description(self):
+        return f"class({self.index.tolist() if self.rows <= 8 else f'{self.rows} classes'})"
+
+
+class Channel(_Indexed):
+    """Mean activation of one channel of `layer`, one channel per row."""
+
+    def __init__(self, layer: str, channels):
+        super().__init__(layer, _indices(channels, "channels"))
+
+    def check(self, acts):
+        a = acts[self.layer]
+        if a.dim() != 4:
+            raise FastvizError(f"layer: {self.layer!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
+        if int(self.index.max()) >= a.shape[1]:
+            raise FastvizError(f"channels: {self.layer!r} has {a.shape[1]} channels, got {int(self.index.max())}")
+
+    def score(self, acts, img):
+        a = self._act(acts)
+        idx = self.index.view(-1, 1, 1, 1).expand(-1, 1, a.shape[2], a.shape[3])
+        return a.gather(1, idx).mean((1, 2, 3))
+
+    @property
+    def description(self):
+        return f"channel({self.layer!r}, {self.index.tolist() if self.rows <= 8 else f'{self.rows} channels'})"
+
+
+class NeuronScore(Objective):
+    """One unit (channel, y, x) of `layer` per row."""
+
+    def __init__(self, layer: str, channels, ys, xs):
+        self.layer = layer
+        self.layers = {layer}
+        self.c, self.y, self.x = (_indices(v, n) for v, n in ((channels, "channel"), (ys, "y"), (xs, "x")))
+        if not self.c.numel() == self.y.numel() == self.x.numel():
+            raise FastvizError("neurons: channel, y and x need one value per row")
+        self.rows = self.c.numel()
+
+    def _make(self, c, y, x):
+        new = object.__new__(NeuronScore)
+        new.__dict__.update(self.__dict__)
+        new.c, new.y, new.x, new.rows = c, y, x, c.numel()
+        return new
+
+    def select(self, rows):
+        return self._make(self.c[rows], self.y[rows], self.x[rows])
+
+    def to(self, device):
+        return self._make(self.c.to(device), self.y.to(device), self.x.to(device))
+
+    def check(self, acts):
+        a = acts[self.layer]
+        if a.dim() != 4:
+            raise FastvizError(f"layer: {self.layer!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
+        _, C, H, W = a.shape
+        for v, n, name in ((self.c, C, "channel"), (self.y, H, "y"), (self.x, W, "x")):
+            if int(v.max()) >= n:
+                raise FastvizError(f"Neuron.{name}: {self.layer!r} is {C}x{H}x{W}, got {name}={int(v.max())}")
+
+    def score(self, acts, img):
+        a = acts[self.layer]
+        rows = torch.arange(a.shape[0], device=a.device)
+        return a[rows, self.c, self.y, self.x]
+
+    @property
+    def description(self):
+        return f"neuron({self.layer!r}, {self.rows} units)"
+
+
+class Dream(Objective):
+    """0.5 * sum of squared activations of `layer`: its gradient at the layer is the activation
+    itself (DeepDream, Mordvintsev et al. 2015)."""
+
+    def __init__(self, layer: str):
+        self.layer = layer
+        self.layers = {layer}
+
+    def score(self, acts, img):
+        a = acts[self.layer]
+        return 0.5 * a.float().square().flatten(1).sum(1)
+
+    @property
+    def description(self):
+        return f"dream({self.layer!r})"
+
+
+class Inversion(Objective):
+    """Mahendran & Vedaldi 2015: match a layer's representation of a reference image.
+
+    score = -||phi(x) - phi0||^2 / ||phi0||^2 - alpha_weight * mean(|x - 0.5|^alpha)
+            - tv_weight * mean(TV(x)^(beta/2)), with x the [0, 1] image. Higher is better.
+    """
+
+    def __init__(self, layer: str, target: Tensor, alpha: float = 6.0, alpha_weight: float = 1e-5,
+                 beta: float = 2.0, tv_weight: float = 0.5):
+        self.layer = layer
+        self.layers = {layer}
+        self.target = target.detach()
+        self.rows = target.shape[0]
+        self.alpha, self.alpha_weight, self.beta, self.tv_weight = alpha, alpha_weight, beta, tv_weight
+        self.norm = target.detach().float().square().flatten(1).sum(1).clamp_min(1e-12)
+
+    def _make(self, target, norm):
+        new = object.__new__(Inversion)
+        new.__dict__.update(self.__dict__)
+        new.target, new.norm, new.rows = target, norm, target.shape[0]
+        return new
+
+    def select(self, rows):
+        return self._make(self.target[rows], self.norm[rows])
+
+    def to(self, device):
+        return self._make(self.target.to(device), self.norm.to(device))
+
+    def score(self, acts, img):
+        a = acts[self.layer].float()
+        match = (a - self.target).square().flatten(1).sum(1) / self.norm
+        centred = (img - 0.5).abs().pow(self.alpha).flatten(1).mean(1)
+        dy = img[:, :, 1:, :-1] - img[:, :, :-1, :-1]
+        dx = img[:, :, :-1, 1:] - img[:, :, :-1, :-1]
+        tv = (dx.square() + dy.square()).pow(self.beta / 2).flatten(1).mean(1)
+        return -match - self.alpha_weight * centred - self.tv_weight * tv
+
+    @property
+    def description(self):
+        return f"invert({self.layer!r})"
+
+
+# -- the functional forms users write -------------------------------------------------------
+def class_score(classes: int | Sequence[int]) -> ClassScore:
+    return ClassScore(classes)
+
+
+def channel(layer: str, channels: int | Sequence[int]) -> Channel:
+    return Channel(layer, channels)
+
+
+def neurons(layer: str, channels, ys, xs) -> NeuronScore:
+    return NeuronScore(layer, channels, ys, xs)
+
+
+def dream(layer: str) -> Dream:
+    return Dream(layer)

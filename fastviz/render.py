@@ -1,0 +1,269 @@
+"""Synthesis by gradient ascent: class models, channels, neurons, DeepDream, inversion.
+
+Every function renders one row per target in batches of `batch_size` rows on the engine of
+`fastviz.engine`, and returns a `Render` (images, history, snapshots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import engine
+from .attribution import prepare
+from .engine import Render
+from .errors import FastvizError
+from .hooks import session
+from .models import Model, as_model
+from .objectives import ClassScore, Channel, Dream, Inversion, NeuronScore, Objective
+from .regularizers import NONE, Yosinski
+from .targets import Neuron, as_index_list
+
+DEFAULT_SIZE = 224
+
+
+@contextlib.contextmanager
+def on_device(model: Model, device):
+    """Run on `device`, moving the network there for the call and back afterwards."""
+    before = model.device
+    target = torch.device(device) if device is not None else before
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    if target == before:
+        yield target
+        return
+    model.to(target)
+    try:
+        yield target
+    finally:
+        model.to(before)
+
+
+def _size(model: Model, size) -> tuple[int, int]:
+    if size is None:
+        return model.input_size or (DEFAULT_SIZE, DEFAULT_SIZE)
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or min(size) < 8:
+        raise FastvizError(f"size: expected an int or (H, W) of at least 8 pixels, got {size!r}")
+    return tuple(int(s) for s in size)
+
+
+def _start(model: Model, rows: int, size, init: str, seed: int, device) -> torch.Tensor:
+    """(rows, C, H, W) centred start image: "zero" (the mean colour) or small "noise"."""
+    h, w = _size(model, size)
+    c = model.channels or 3
+    if init == "zero":
+        return torch.zeros(rows, c, h, w, device=device)
+    if init == "noise":
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return (0.01 * torch.randn(rows, c, h, w, generator=gen)).to(device)
+    raise FastvizError(f"init: expected 'zero' or 'noise', got {init!r}")
+
+
+def render(model, objective: Objective, rows: int, *, steps: int = 200, seed: int = 0,
+           batch_size: int | None = None, device=None, progress=None, size=None, init: str = "zero",
+           start: torch.Tensor | None = None, **loop) -> Render:
+    """Render `rows` rows of `objective` in batches; the general form behind every synthesis call.
+
+    Args:
+        model: `Model` or nn.Module.
+        objective: a per-row objective (fastviz.objectives), rows == `rows` or row-independent.
+        rows: how many images.
+        steps, seed, batch_size (rows at once, default all), device, progress: see class_model.
+        size: image size (default: the model's input size, else 224).
+        init: "zero" (the mean image) or "noise" (std 0.01).
+        start: (rows, C, H, W) images in [0, 1] to start from instead of `init`.
+        **loop: passed to `fastviz.engine.run` (reg, optimizer, lr, l2, jitter, backend, impl,
+            amp, snapshot_every, progress_every).
+    """
+    m = as_model(model)
+    batch_size = rows if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise FastvizError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise FastvizError(f"steps: expected an int >= 1, got {steps!r}")
+    chunks = [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
+    parts: list[Render] = []
+    with on_device(m, device) as dev:
+        for k, (a, b) in enumerate(chunks):
+            if start is not None:
+                x0 = start[a:b].to(dev, torch.float32) - m.mean_tensor(start[a:b].to(dev))
+            else:
+                x0 = _start(m, b - a, size, init, seed + a, dev)
+            report = None
+            if progress is not None:
+                report = lambda done, total, k=k: progress(k * steps + done, len(chunks) * steps)
+            obj = objective.select(slice(a, b)) if objective.rows is not None else objective
+            parts.append(engine.run(m, obj, x0, steps, seed=seed + a, progress=report, **loop))
+    if len(parts) == 1:
+        return parts[0]
+    snaps = [(s, torch.cat([p.snapshots[i][1] for p in parts])) for i, (s, _) in enumerate(parts[0].snapshots)]
+    info = dict(parts[0].info, seconds=sum(p.info["seconds"] for p in parts), chunks=len(parts))
+    return Render(torch.cat([p.images for p in parts]), torch.cat([p.history for p in parts], 1), snaps,
+                  objective.description, info)
+
+
+def class_model(model, classes: int | Sequence[int], *, steps: int = 200, seed: int = 0,
+                batch_size: int | None = None, device=None, progress=None,
+                reg: Yosinski | None = None, lr: float = 0.05, optimizer: str = "adam",
+                l2: float = 0.0, **loop) -> Render:
+    """Class models (Simonyan et al. 2014): argmax_I S_c(I) - l2 * ||I||^2 from the zero image,
+    with the Yosinski et al. 2015 regularizers.
+
+    Args:
+        model: `Model` or nn.Module (its logits are the class scores S_c, before softmax).
+        classes: a class index or a list: one image per class, rendered in one batched loop.
+        steps: gradient-ascent steps.
+        seed: makes the run deterministic (jitter, noise init).
+        batch_size: rows rendered at once (default: all); 1000 classes at 250 = 4 batches.
+        device: where to render (default: where the model is; the model is moved back after).
+        progress: called as progress(steps_done, total_steps).
+        reg: the regularizer (default `Yosinski()`; `fastviz.regularizers.NONE` for none).
+        lr, optimizer, l2: step size on the [0, 1] scale, "adam" | "sgd", Simonyan's lambda.
+        **loop: jitter, backend ("auto" | "eager" | "graph"), impl, amp, snapshot_every, size, init.
+
+    Returns:
+        Render: images (N, 3, H, W) in [0, 1], history (steps, N) of class scores.
+
+    Example:
+        >>> r = class_model(load_model(), [1, 130, 285, 980], steps=200)
+        >>> r.images.shape
+        torch.Size([4, 3, 224, 224])
+    """
+    m = as_model(model)
+    idx = as_index_list(classes, "classes", m.num_classes)
+    return render(m, ClassScore(idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
+                  device=device, progress=progress, reg=Yosinski() if reg is None else reg, lr=lr,
+                  optimizer=optimizer, l2=l2, **loop)
+
+
+def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 200, seed: int = 0,
+            batch_size: int | None = None, device=None, progress=None, reg: Yosinski | None = None,
+            lr: float = 0.05, init: str = "noise", **loop) -> Render:
+    """Channel visualisation: maximise the mean activation of each channel of `layer`, one per row.
+
+    The forward stops at `layer`. Same arguments as `class_model`; starts from small noise
+    (a uniform image gives every interior pixel the same gradient).
+
+    Returns:
+        Render: images (len(channels), 3, H, W), history of channel means.
+    """
+    m = as_model(model)
+    m.layer(layer)
+    idx = as_index_list(channels, "channels")
+    return render(m, Channel(layer, idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
+                  device=device, progress=progress, reg=Yosinski() if reg is None else reg, lr=lr,
+                  init=init, **loop)
+
+
+def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 200, seed: int = 0,
+           batch_size: int | None = None, device=None, progress=None, reg: Yosinski | None = None,
+           lr: float = 0.05, init: str = "noise", **loop) -> Render:
+    """Visualise single units: one `Neuron` per row (all on one layer), y/x None = centre.
+
+    Returns:
+        Render: images (N, 3, H, W), history of the units' activations.
+    """
+    m = as_model(model)
+    units = [neurons] if isinstance(neurons, Neuron) else list(neurons)
+    if not units or not all(isinstance(u, Neuron) for u in units):
+        raise FastvizError(f"neurons: expected fastviz.Neuron or a list of them, got {neurons!r}")
+    layer = units[0].layer
+    if any(u.layer != layer for u in units):
+        raise FastvizError("neurons: all units of one call must be on one layer")
+    m.layer(layer)
+    h, w = _feature_size(m, layer, size=loop.get("size"))
+    ys = [h // 2 if u.y is None else u.y for u in units]
+    xs = [w // 2 if u.x is None else u.x for u in units]
+    obj = NeuronScore(layer, [u.channel for u in units], ys, xs)
+    return render(m, obj, len(units), steps=steps, seed=seed, batch_size=batch_size, device=device,
+                  progress=progress, reg=Yosinski() if reg is None else reg, lr=lr, init=init, **loop)
+
+
+def _feature_size(m: Model, layer: str, size=None) -> tuple[int, int]:
+    h, w = _size(m, size)
+    with session(m) as s, torch.no_grad():
+        acts, _ = s.forward(torch.full((1, m.channels or 3, h, w), 0.5, device=m.device), [layer])
+    a = acts[layer]
+    if a.dim() != 4:
+        raise FastvizError(f"layer: {layer!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
+    return a.shape[2], a.shape[3]
+
+
+def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float = 1.4,
+              steps_per_octave: int = 20, lr: float = 0.01, jitter: int = 16,
+              optimizer: str = "normalized", seed: int = 0,
+              device=None, progress=None, reg: Yosinski | None = None, **loop) -> Render:
+    """DeepDream (Mordvintsev et al. 2015): ascend 0.5 * ||layer||^2 from a photo, so the
+    layer's gradient is its own activation, over `octaves` scales from small to full size.
+
+    Each octave upsamples the detail added so far onto the photo at the next scale; the step is
+    the gradient normalised per image (g / mean |g|), with random jitter (independent per row,
+    device generator).
+
+    Args:
+        photo: (B, 3, H, W) images in [0, 1] (a batch dreams at once).
+        layer: the layer whose activations are amplified.
+        octaves, octave_scale, steps_per_octave: the multi-scale schedule.
+        lr, jitter, reg: step size, jitter radius in pixels, regularizer (default: none).
+
+    Returns:
+        Render: the dreamed images at the photo's size; history concatenated over octaves.
+    """
+    m, x = prepare(model, photo)
+    m.layer(layer)
+    if not isinstance(octaves, int) or octaves < 1:
+        raise FastvizError(f"octaves: expected an int >= 1, got {octaves!r}")
+    if not octave_scale > 1:
+        raise FastvizError(f"octave_scale: expected > 1, got {octave_scale}")
+    base = x
+    h, w = base.shape[-2:]
+    sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
+             for k in reversed(range(octaves))]
+    detail = torch.zeros_like(base[:, :, :sizes[0][0], :sizes[0][1]])
+    histories, total = [], octaves * steps_per_octave
+    r = None
+    for k, size in enumerate(sizes):
+        photo_k = F.interpolate(base, size=size, mode="bilinear", align_corners=False, antialias=True)
+        detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+        start = (photo_k + detail).clamp(0, 1)
+        report = None
+        if progress is not None:
+            report = lambda done, _t, k=k: progress(k * steps_per_octave + done, total)
+        r = render(m, Dream(layer), base.shape[0], steps=steps_per_octave, seed=seed + k, device=device,
+                   progress=report, start=start, reg=NONE if reg is None else reg, lr=lr, jitter=jitter,
+                   optimizer=optimizer,
+                   step_offset=k * steps_per_octave, **loop)
+        detail = r.images.to(base.device) - photo_k
+        histories.append(r.history)
+    return Render(r.images, torch.cat(histories), r.snapshots, f"deepdream({layer!r})", r.info)
+
+
+def invert(model, photo, layer: str, *, steps: int = 300, seed: int = 0, device=None, progress=None,
+           lr: float = 0.02, alpha: float = 6.0, alpha_weight: float = 1e-5, beta: float = 2.0,
+           tv_weight: float = 0.5, reg: Yosinski | None = None, **loop) -> Render:
+    """Inverted representation (Mahendran & Vedaldi 2015): the image whose `layer`
+    representation matches the photo's, with alpha-norm and total-variation regularisers.
+
+    Runs on the same engine as the class models (an `Inversion` objective).
+
+    Args:
+        photo: (B, 3, H, W) images in [0, 1].
+        layer: the representation to match.
+        alpha, alpha_weight: the alpha-norm regulariser (on the image centred at 0.5).
+        beta, tv_weight: the total-variation regulariser.
+
+    Returns:
+        Render: reconstructions (B, 3, H, W); history of the (negative) objective.
+    """
+    m, x = prepare(model, photo)
+    m.layer(layer)
+    with session(m) as s, torch.no_grad():
+        acts, _ = s.forward(x, [layer])
+    obj = Inversion(layer, acts[layer].float(), alpha, alpha_weight, beta, tv_weight)
+    return render(m, obj, x.shape[0], steps=steps, seed=seed, device=device, progress=progress,
+                  size=tuple(x.shape[-2:]), init="noise", reg=NONE if reg is None else reg, lr=lr, **loop)
