@@ -151,11 +151,15 @@ class Loop:
 
     def __init__(self, sess, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski,
                  optimizer: str, lr: float, l2: float, jitter: int, impl: str, amp: bool,
-                 generator: torch.Generator | None):
+                 seed: int = 0):
         self.sess, self.model = sess, sess.model
         self.objective = objective
         self.reg, self.lr, self.l2, self.jitter, self.impl, self.amp = reg, lr, l2, jitter, impl, amp
-        self.generator = generator
+        self.seed = seed
+        self.generator = None
+        if jitter:
+            self.generator = torch.Generator(device=x0.device)
+            self.generator.manual_seed(seed)
         self.x0 = x0
         self.x = x0.clone().requires_grad_(True)
         self.mean = self.model.mean_tensor(x0)
@@ -170,7 +174,9 @@ class Loop:
         self.counter = torch.zeros((), dtype=torch.long, device=x0.device)
 
     def reset(self) -> None:
-        """Back to the start (after a warm-up): image, optimiser state, history, counter."""
+        """Back to the start (after a warm-up): image, optimiser state, history, counter, jitter."""
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed)
         with torch.no_grad():
             self.x.copy_(self.x0)
             self.opt.reset()
@@ -295,15 +301,11 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
         raise FastvizError(f"backend: 'graph' needs a CUDA device, got {device}")
     use_graph = backend == "graph" or (backend == "auto" and device.type == "cuda")
     every = progress_every or (16 if device.type == "cuda" else 1)
-    generator = None
-    if jitter:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
 
     t0 = time.perf_counter()
     with session(model) as sess:
         loop = Loop(sess, objective.to(device), x0, steps, reg=reg, optimizer=optimizer, lr=lr, l2=l2,
-                    jitter=jitter, impl=impl, amp=amp, generator=generator)
+                    jitter=jitter, impl=impl, amp=amp, seed=seed)
         loop.check()
         period = reg.blur_every if reg.blur_every > 0 else 1
         graph = None
