@@ -57,10 +57,17 @@ def _logits(m: Model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto the device without a host sync (pinned, non-blocking on CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _targets(m: Model, logits: torch.Tensor, target) -> torch.Tensor:
     """(B,) class per image on the logits' device: the given ones, or top-1 of the clean image."""
     t = class_targets(_class_target(target), logits.shape[0], m.num_classes or logits.shape[1])
-    return logits.argmax(1) if t is None else t.to(logits.device)
+    return logits.argmax(1) if t is None else _to_device(t, logits.device)
 
 
 def _row_gradients(m: Model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -271,8 +278,7 @@ def _path_gradient(m: Model, x: torch.Tensor, base: torch.Tensor, targets: torch
                    alphas: list[float], weights: list[float], batch_size: int) -> torch.Tensor:
     """(B, C, H, W) sum_k w_k dF/dx at x' + alpha_k (x - x'); row r = b * steps + k."""
     B, steps = x.shape[0], len(alphas)
-    alpha = torch.tensor(alphas, dtype=x.dtype).to(x.device)
-    weight = torch.tensor(weights, dtype=x.dtype).to(x.device)
+    alpha, weight = _to_device(torch.tensor([alphas, weights], dtype=x.dtype), x.device)
     diff = x - base
     acc = torch.zeros_like(x)
     for i in range(0, B * steps, batch_size):

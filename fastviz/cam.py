@@ -7,13 +7,16 @@ parameters are frozen (DESIGN rule 2) and no `.backward()` touches them. Maps ar
 image size on the device (bilinear, align_corners=False) and, by default, normalised per image to
 [0, 1] by (m - min) / (max - min) (a constant map becomes zeros).
 
-The default layer (`layer=None`) is found by one no-grad capture pass over one image: the last
-module, in the order modules finish, that runs exactly once and returns a 4-D map whose spatial
-size is larger than 1x1. That gives `layer4` for torchvision ResNets, `features` for DenseNet,
-`avgpool` for VGG/AlexNet (an adaptive pool that, at 224, returns `features`' map unchanged),
-and `_bn1` for EfficientNet-Lite0 (the head's batch norm: its activation `_swish` is one ReLU6
-module also used by the stem, so it cannot be named; the gradient through that ReLU6 is zero
-wherever the activation is clipped, so `_bn1` carries the same evidence).
+The default (`layer=None`) is found by one no-grad pass over one image: the feature map that
+*enters* the last module, in call order, that runs exactly once and takes a 4-D map with spatial
+size larger than 1x1 -- in practice the input of the global pooling, i.e. the last rectified
+conv features. That is `layer4`'s output for torchvision ResNets (input of `avgpool`),
+`features`' output for VGG/AlexNet, the head activation `_swish(_bn1(...))` for
+EfficientNet-Lite0 (input of `_avg_pooling`; `_swish` itself is one ReLU6 module also used by
+the stem, so it cannot be named), and the input of `features.norm5` for DenseNet (its final
+ReLU is functional). `default_layer` returns that module's name; an explicit `layer` names a
+module whose *output* is used. A signed (pre-activation) map makes Score-CAM degenerate: its
+weights are positive probabilities, so a mostly negative map sums to zero after the ReLU.
 """
 
 from __future__ import annotations
@@ -73,21 +76,21 @@ def _minmax(maps: torch.Tensor) -> torch.Tensor:
 
 
 def default_layer(model, x: torch.Tensor) -> str:
-    """The layer CAM methods use when `layer=None` (see the module docstring for the rule).
+    """The module whose *input* CAM methods use when `layer=None` (rule in the module docstring).
 
     Args:
         model: `Model` or nn.Module.
         x: (B, 3, H, W) images (only the shape of one image matters).
 
     Returns:
-        A dotted module name.
+        A dotted module name (its input is the feature map).
 
     Raises:
-        FastvizError: no module returns a spatial map (a network without convolutions).
+        FastvizError: no module takes a spatial map (a network without convolutions).
 
     Example:
         >>> default_layer(load_model(), torch.rand(1, 3, 224, 224))
-        '_bn1'
+        '_avg_pooling'
     """
     m, x = prepare(model, x)
     key = tuple(x.shape[1:])
@@ -95,62 +98,68 @@ def default_layer(model, x: torch.Tensor) -> str:
     if key in cache:
         return cache[key]
     names = {mod: n for n, mod in m.module.named_modules() if n}
-    runs: dict[str, int] = {}
-    finished: list[str] = []
+    calls: dict[str, int] = {}
+    started: list[str] = []
 
-    def record(mod, _i, out):
-        name = names.get(mod)
-        if name is None:
-            return
-        runs[name] = runs.get(name, 0) + 1
-        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1:
-            finished.append(name)
+    def record(mod, args):
+        name = names[mod]
+        calls[name] = calls.get(name, 0) + 1
+        a = args[0] if args else None
+        if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2] * a.shape[-1] > 1:
+            started.append(name)
 
-    with session(m) as s:
-        for mod in names:
-            s.add_forward_hook(mod, record)
-        with torch.no_grad():
+    handles = [mod.register_forward_pre_hook(record) for mod in names]
+    try:
+        with session(m), torch.no_grad():
             m(x[:1])
-    for name in reversed(finished):
-        if runs[name] == 1:
+    finally:
+        for h in handles:
+            h.remove()
+    for name in reversed(started):
+        if calls[name] == 1:
             cache[key] = name
             return name
-    raise FastvizError(f"layer: {m.name} has no module that returns a feature map (B, C, h, w) "
+    raise FastvizError(f"layer: {m.name} has no module that takes a feature map (B, C, h, w) "
                        f"with h x w > 1 at input {tuple(x.shape[1:])}; name one with layer=")
 
 
-def _layer_name(m: Model, x: torch.Tensor, layer) -> str:
+def _layer_name(m: Model, x: torch.Tensor, layer) -> tuple[str, bool]:
+    """(module name, True when its input rather than its output is the feature map)."""
     if layer is None:
-        return default_layer(m, x)
+        return default_layer(m, x), True
     m.layer(layer)  # unknown name -> FastvizError listing the nearest names
-    return layer
+    return layer, False
 
 
-def _capture(s: Session, x: torch.Tensor, layer: str, grad: bool
+def _capture(s: Session, x: torch.Tensor, layer: tuple[str, bool], grad: bool
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: (B, K, h, w) activation of `layer` and the logits.
+    """One forward: (B, K, h, w) activation at `layer` (name, its input?) and the logits.
 
     With `grad`, the activation is a leaf that requires grad and the network after it runs on a
     clone of it, so `autograd.grad(score, act)` differentiates only what follows the layer and a
     later in-place op can never overwrite the captured values.
     """
     m = s.model
+    layer, use_input = layer
     module = m.layer(layer)
     s.check_single_use([layer], x)
     box: dict[str, torch.Tensor] = {}
 
-    def grab(_m, _i, out):
+    def swap(out):
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise FastvizError(f"layer: {layer!r} returns {what}, expected a feature map (B, C, h, w)")
         if not grad:
             box["act"] = out.detach().clone()
-            return None
+            return out
         leaf = out.detach().requires_grad_(True)
         box["act"] = leaf
         return leaf.clone()
 
-    handle = module.register_forward_hook(grab)
+    if use_input:
+        handle = module.register_forward_pre_hook(lambda _m, args: (swap(args[0]), *args[1:]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _i, out: swap(out))
     try:
         with torch.set_grad_enabled(grad):
             logits = _logits(m(x))
