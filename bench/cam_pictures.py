@@ -1,6 +1,6 @@
 """Pictures for docs/attribution_more.md: every method on chelsea and coffee, one PNG per method.
 
-    python bench/cam_pictures.py [OUT_DIR]     (default docs/img; CUDA when available)
+    python bench/cam_pictures.py [OUT_DIR]     (default docs/img/attribution_more; CUDA when available)
 Each PNG is a 2 x 2 grid: photo | map, for chelsea (285) then coffee (967), at 160 px.
 """
 
@@ -49,4 +49,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/img"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/img/attribution_more"))
