@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/fastviz demo --out out/demo
+	$(VENV)/bin/fastviz demo --synthesis --out out/demo
 
 test: venv
 	$(PY) -m pytest -q

@@ -80,6 +80,7 @@ def main() -> int:
         if left(args.budget) < 20:
             rows.append((name, "skipped: out of time"))
             return
+        n = len(rows)
         try:
             fn()
         except Exception as e:
@@ -87,7 +88,9 @@ def main() -> int:
             rows.append((name, f"FAILED {type(e).__name__}: {str(e)[:120]}"))
         finally:
             torch.cuda.empty_cache()
-        print(f"[{time.perf_counter() - T0:6.1f}s] {name} done", flush=True)
+        for row in rows[n:]:
+            print(f"[{time.perf_counter() - T0:6.1f}s] | {row[0]} | {row[1]} |", flush=True)
+        (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
 
     def floors():
         res["floor_ms"] = {b: floor_ms(model, b) for b in (1, 8, 64)}
@@ -132,7 +135,7 @@ def main() -> int:
         rows.append(("kernel max abs err vs reference", f"{max(c.get('max_abs_err', 0) for c in k['cases'].values()):.2e}"))
 
     def thousand():
-        batch = 1000 if mem_gb > 120 else 500
+        batch = 1000 if mem_gb > 70 else 250
         steps = 256
         per_step = res.get("amp", {}).get(256, {}).get("ms_per_step")
         projected = per_step / 256 * 1000 * steps / 1e3 if per_step else None

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import FastvizError
@@ -123,20 +122,18 @@ class Normalized:
 OPTIMIZERS = {"adam": Adam, "sgd": SGD, "normalized": Normalized}
 
 
-def _shift(img: Tensor, offsets: Tensor) -> Tensor:
-    """Translate each row by integer (dy, dx) pixels (reflecting at the border), differentiably.
+def _roll(img: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
+    """Roll each row by its own integer (dy, dx) pixels (wrapping around, as DeepDream's np.roll).
 
-    offsets: (B, 2) float tensor on the device. Bilinear sampling at whole-pixel offsets is an
-    exact shift, and it keeps the shape fixed (no per-step reallocation).
+    dy, dx: (B,) int64 on the device. Two gathers with broadcast (never materialised) indices:
+    exact, differentiable, fixed shapes, and deterministic under
+    torch.use_deterministic_algorithms (grid_sample's backward is not).
     """
-    b, _, h, w = img.shape
-    theta = torch.zeros(b, 2, 3, device=img.device, dtype=img.dtype)
-    theta[:, 0, 0] = 1
-    theta[:, 1, 1] = 1
-    theta[:, 0, 2] = -2 * offsets[:, 1] / w
-    theta[:, 1, 2] = -2 * offsets[:, 0] / h
-    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
-    return F.grid_sample(img, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    b, c, h, w = img.shape
+    iy = (torch.arange(h, device=img.device)[None] - dy[:, None]).remainder_(h)
+    ix = (torch.arange(w, device=img.device)[None] - dx[:, None]).remainder_(w)
+    img = img.gather(2, iy[:, None, :, None].expand(b, c, h, w))
+    return img.gather(3, ix[:, None, None, :].expand(b, c, h, w))
 
 
 class Loop:
@@ -203,9 +200,9 @@ class Loop:
     def step(self, blur: bool) -> None:
         img = self.x + self.mean
         if self.jitter:
-            offsets = torch.randint(-self.jitter, self.jitter + 1, (img.shape[0], 2), device=img.device,
-                                    generator=self.generator).to(img.dtype)
-            img = _shift(img, offsets)
+            shift = torch.randint(-self.jitter, self.jitter + 1, (2, img.shape[0]), device=img.device,
+                                  generator=self.generator)
+            img = _roll(img, shift[0], shift[1])
         score = self.objective.score(self.activations(img), img).float()
         total = score.sum()
         if self.l2:
@@ -303,15 +300,17 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     every = progress_every or (16 if device.type == "cuda" else 1)
 
     t0 = time.perf_counter()
+    period = reg.blur_every if reg.blur_every > 0 else 1
+    warmup = 2
     with session(model) as sess:
-        loop = Loop(sess, objective.to(device), x0, steps, reg=reg, optimizer=optimizer, lr=lr, l2=l2,
+        # The history also holds the graph's warm-up steps (overwritten after the reset).
+        loop = Loop(sess, objective.to(device), x0, max(steps, warmup * period), reg=reg, optimizer=optimizer, lr=lr, l2=l2,
                     jitter=jitter, impl=impl, amp=amp, seed=seed)
         loop.check()
-        period = reg.blur_every if reg.blur_every > 0 else 1
         graph = None
         if use_graph:
             try:
-                graph = GraphLoop(loop, period)
+                graph = GraphLoop(loop, period, warmup)
             except FastvizError:
                 raise
             except Exception as e:  # capture failed: say why; fall back only when allowed
@@ -344,7 +343,7 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
         images = loop.image()
         if not bool(torch.isfinite(images).all()):
             raise FastvizError(f"image became non-finite by step {steps}")
-        images, history = images.cpu(), loop.history.cpu()
+        images, history = images.cpu(), loop.history[:steps].cpu()
     t2 = time.perf_counter()
     info = {"backend": "graph" if graph is not None else "eager", "device": str(device),
             "seconds": t2 - t0, "loop_seconds": t2 - t1, "steps_per_second": steps / (t2 - t1),

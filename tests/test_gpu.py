@@ -20,6 +20,21 @@ def gpu_model():
     return fv.load_model(device="cuda")
 
 
+@pytest.fixture
+def deterministic():
+    """Same kernels in the same order: graph and eager must then agree to the last bit. (cuDNN's
+    default backward kernels and gather's backward sum with atomics; Adam turns those last-bit
+    differences into +-lr steps where the gradient is near 0, so a nondeterministic comparison
+    says little.) Needs CUBLAS_WORKSPACE_CONFIG=:4096:8, which gpu_check.sh sets."""
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[:2]
+    torch.use_deterministic_algorithms(before[2])
+
+
 def _close(a: fv.Render, b: fv.Render, what: str):
     img = float((a.images - b.images).abs().max())
     hist = float(((a.history - b.history).abs() / a.history.abs().clamp_min(1)).max())
@@ -27,13 +42,14 @@ def _close(a: fv.Render, b: fv.Render, what: str):
     assert b.info["backend"] == "graph" and a.info["backend"] == "eager"
     # cuDNN's backward kernels sum in a nondeterministic order: runs differ in the last bits and
     # a clip threshold can flip a pixel, so compare loosely, but far below any visible change.
-    assert hist < 1e-2 and float((a.images - b.images).abs().mean()) < 1e-3, (img, hist)
+    assert hist < 1e-4 and img < 1e-4, (img, hist)
 
 
 @pytest.mark.parametrize("kind", ["class", "feature-jitter", "neuron", "dream"])
-def test_graph_equals_eager(gpu_model, kind):
+def test_graph_equals_eager(gpu_model, deterministic, kind):
     m = gpu_model
     runs = []
+    photo = torch.rand(2, 3, 224, 224, device="cuda")
     for backend in ("eager", "graph"):
         kw = dict(steps=12, seed=0, backend=backend)
         if kind == "class":
@@ -43,16 +59,22 @@ def test_graph_equals_eager(gpu_model, kind):
         elif kind == "neuron":
             runs.append(fv.neuron(m, [fv.Neuron("_blocks.8", 3), fv.Neuron("_blocks.8", 4, 2, 2)], **kw))
         else:
-            photo = torch.rand(2, 3, 224, 224, device="cuda")
             runs.append(fv.render(m, fv.dream("_blocks.6"), 2, start=photo, optimizer="normalized",
                                   lr=0.01, **kw))
     _close(runs[0], runs[1], kind)
 
 
-def test_regularizer_kernel_in_the_loop_equals_torch(gpu_model):
-    a = fv.class_model(gpu_model, [1, 285], steps=8, backend="eager", impl="torch")
-    b = fv.class_model(gpu_model, [1, 285], steps=8, backend="eager", impl="triton")
-    assert float((a.images - b.images).abs().mean()) < 1e-3
+def test_regularizer_kernel_in_the_loop_equals_torch(gpu_model, deterministic):
+    """One step from the same start: the same gradient goes into both implementations, which
+    agree to 2e-7 in isolation (bench/kernel_bench.py). Longer runs are not compared: a pixel
+    whose score sits within rounding of a clip threshold may flip, and Adam amplifies it
+    (measured: 3 steps from noise gave a mean |diff| of 0.0085)."""
+    kw = dict(steps=1, backend="eager", init="noise")
+    a = fv.class_model(gpu_model, [1, 285], impl="torch", **kw)
+    b = fv.class_model(gpu_model, [1, 285], impl="triton", **kw)
+    differ = (a.images - b.images).abs().amax(1) > 1e-5
+    print("kernel vs torch in the loop, one step: pixels differing", int(differ.sum()))
+    assert float(differ.float().mean()) < 1e-3
 
 
 def test_amp_graph_renders_classifiable_images(gpu_model):

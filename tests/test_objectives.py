@@ -63,3 +63,12 @@ def test_inversion_is_zero_at_the_target_on_a_flat_image():
     img = torch.full((2, 3, 8, 8), 0.5)
     torch.testing.assert_close(obj.score({"l": t}, img), torch.zeros(2))
     assert bool((obj.score({"l": t + 1}, img) < 0).all())
+
+
+def test_jitter_roll_is_an_exact_per_row_roll():
+    from fastviz.engine import _roll
+
+    img = torch.randn(3, 2, 5, 7)
+    dy, dx = torch.tensor([0, 2, -1]), torch.tensor([3, -4, 0])
+    expected = torch.stack([torch.roll(img[i], (int(dy[i]), int(dx[i])), (1, 2)) for i in range(3)])
+    torch.testing.assert_close(_roll(img, dy, dx), expected, rtol=0, atol=0)

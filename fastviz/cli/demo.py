@@ -1,16 +1,28 @@
-"""`fastviz demo`: the main job on the pretrained default and the sample photos."""
+"""`fastviz demo`: the main job on the pretrained default and the sample photos.
+
+Writes top-5 predictions, saliency (heatmap and overlay) and guided backprop for every sample
+photo; with `--synthesis` (as `make demo` runs it) also class models, channel visualisations,
+DeepDream and an inversion: the pictures of docs/methods.md.
+"""
 
 from __future__ import annotations
 
-from .. import io
+import torch
+
+from .. import image, io, render
 from .attribution import explain
 from .common import add_model_args, add_out_arg, model_from_args, out_dir
+from .synthesis import Bar
+
+DEMO_CLASSES = [1, 130, 285, 980]  # goldfish, flamingo, Egyptian cat, volcano
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="predictions, saliency and guided backprop for the sample photos")
     add_model_args(p)
     add_out_arg(p, "out/demo")
+    p.add_argument("--synthesis", action="store_true",
+                   help="also render class models, channels, DeepDream and an inversion")
     p.set_defaults(func=run_demo)
 
 
@@ -23,4 +35,28 @@ def run_demo(args) -> int:
         best = top[0]
         print(f"{f.split('/')[-1]:22s} {best['class']:4d} {best['label']:24s} {best['probability']:.3f}")
     print(f"wrote predictions.json and saliency / overlay / guided PNGs for {len(photos)} photos into {out}/")
+    if args.synthesis:
+        synthesis(model, photos, out)
     return 0
+
+
+def _run(title: str, fn):
+    bar = Bar(title)
+    try:
+        return fn(bar)
+    finally:
+        bar.close()
+
+
+def synthesis(model, photos: dict, out) -> None:
+    r = _run("class models", lambda bar: render.class_model(model, DEMO_CLASSES, steps=200, progress=bar))
+    image.save_image(image.grid(r.images, nrow=4), out / "class_models.png")
+    r = _run("channels _blocks.10", lambda bar: render.feature(model, "_blocks.10", range(8), steps=128, progress=bar))
+    image.save_image(image.grid(r.images, nrow=4), out / "channels_blocks10.png")
+    cat = io.load_images(photos["chelsea"])
+    r = _run("deepdream", lambda bar: render.deepdream(model, cat, "_blocks.8", progress=bar))
+    image.save_image(image.grid(torch.cat([cat, r.images]), nrow=2), out / "deepdream_chelsea.png")
+    coffee = io.load_images(photos["coffee"])
+    r = _run("invert", lambda bar: render.invert(model, coffee, "_blocks.6", steps=200, progress=bar))
+    image.save_image(image.grid(torch.cat([coffee, r.images]), nrow=2), out / "invert_coffee_blocks6.png")
+    print(f"wrote class_models.png, channels_blocks10.png, deepdream_chelsea.png, invert_coffee_blocks6.png into {out}/")
