@@ -11,7 +11,7 @@ from .io import load_image, load_images, sample_images
 from .models import Model, as_model, imagenet_labels, load_model
 from .objectives import channel, class_score, dream, neurons
 from .regularizers import Yosinski
-from .render import class_model, deepdream, feature, invert, neuron, render
+from .render import class_model, deepdream, feature, invert, neuron, render_objective
 from .targets import Neuron
 
 __version__ = "0.1.0"
@@ -44,7 +44,7 @@ __all__ = [
     "normalize",
     "overlay",
     "predict",
-    "render",
+    "render_objective",
     "saliency",
     "sample_images",
     "save_image",

@@ -64,7 +64,7 @@ def _start(model: Model, rows: int, size, init: str, seed: int, device) -> torch
     raise FastvizError(f"init: expected 'zero' or 'noise', got {init!r}")
 
 
-def render(model, objective: Objective, rows: int, *, steps: int = 200, seed: int = 0,
+def render_objective(model, objective: Objective, rows: int, *, steps: int = 200, seed: int = 0,
            batch_size: int | None = None, device=None, progress=None, size=None, init: str = "zero",
            start: torch.Tensor | None = None, **loop) -> Render:
     """Render `rows` rows of `objective` in batches; the general form behind every synthesis call.
@@ -136,7 +136,7 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 200, seed: 
     """
     m = as_model(model)
     idx = as_index_list(classes, "classes", m.num_classes)
-    return render(m, ClassScore(idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
+    return render_objective(m, ClassScore(idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
                   device=device, progress=progress, reg=Yosinski() if reg is None else reg, lr=lr,
                   optimizer=optimizer, l2=l2, **loop)
 
@@ -155,7 +155,7 @@ def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 20
     m = as_model(model)
     m.layer(layer)
     idx = as_index_list(channels, "channels")
-    return render(m, Channel(layer, idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
+    return render_objective(m, Channel(layer, idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
                   device=device, progress=progress, reg=Yosinski() if reg is None else reg, lr=lr,
                   init=init, **loop)
 
@@ -180,7 +180,7 @@ def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 200, seed:
     ys = [h // 2 if u.y is None else u.y for u in units]
     xs = [w // 2 if u.x is None else u.x for u in units]
     obj = NeuronScore(layer, [u.channel for u in units], ys, xs)
-    return render(m, obj, len(units), steps=steps, seed=seed, batch_size=batch_size, device=device,
+    return render_objective(m, obj, len(units), steps=steps, seed=seed, batch_size=batch_size, device=device,
                   progress=progress, reg=Yosinski() if reg is None else reg, lr=lr, init=init, **loop)
 
 
@@ -234,7 +234,7 @@ def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float
         report = None
         if progress is not None:
             report = lambda done, _t, k=k: progress(k * steps_per_octave + done, total)
-        r = render(m, Dream(layer), base.shape[0], steps=steps_per_octave, seed=seed + k, device=device,
+        r = render_objective(m, Dream(layer), base.shape[0], steps=steps_per_octave, seed=seed + k, device=device,
                    progress=report, start=start, reg=NONE if reg is None else reg, lr=lr, jitter=jitter,
                    optimizer=optimizer,
                    step_offset=k * steps_per_octave, **loop)
@@ -265,5 +265,5 @@ def invert(model, photo, layer: str, *, steps: int = 300, seed: int = 0, device=
     with session(m) as s, torch.no_grad():
         acts, _ = s.forward(x, [layer])
     obj = Inversion(layer, acts[layer].float(), alpha, alpha_weight, beta, tv_weight)
-    return render(m, obj, x.shape[0], steps=steps, seed=seed, device=device, progress=progress,
+    return render_objective(m, obj, x.shape[0], steps=steps, seed=seed, device=device, progress=progress,
                   size=tuple(x.shape[-2:]), init="noise", reg=NONE if reg is None else reg, lr=lr, **loop)

@@ -59,7 +59,7 @@ def test_graph_equals_eager(gpu_model, deterministic, kind):
         elif kind == "neuron":
             runs.append(fv.neuron(m, [fv.Neuron("_blocks.8", 3), fv.Neuron("_blocks.8", 4, 2, 2)], **kw))
         else:
-            runs.append(fv.render(m, fv.dream("_blocks.6"), 2, start=photo, optimizer="normalized",
+            runs.append(fv.render_objective(m, fv.dream("_blocks.6"), 2, start=photo, optimizer="normalized",
                                   lr=0.01, **kw))
     _close(runs[0], runs[1], kind)
 
