@@ -4,9 +4,13 @@ Inputs are images in [0, 1], (B, 3, H, W); the `Model` wrapper normalises them f
 """
 
 from .attribution import gradient, guided_backprop, neuron_gradient, predict, saliency
+from .averaged import IGResult, integrated_gradients, smoothgrad
+from .cam import gradcam, guided_gradcam, layercam, scorecam
+from .demo_data import demo_set
 from .engine import Render
 from .errors import FastvizError
 from .image import grid, heatmap, normalize, overlay, save_image
+from .inspection import Embedding, embed, features, filter_grid, filters, neighbour_agreement
 from .io import load_image, load_images, sample_images
 from .models import Model, as_model, imagenet_labels, load_model
 from .objectives import channel, class_score, dream, neurons
@@ -17,35 +21,49 @@ from .targets import Neuron
 __version__ = "0.1.0"
 
 __all__ = [
-    "FastvizError",
-    "Model",
-    "Neuron",
-    "Render",
-    "Yosinski",
     "as_model",
     "channel",
     "class_model",
     "class_score",
     "deepdream",
+    "demo_set",
     "dream",
+    "embed",
+    "Embedding",
+    "FastvizError",
     "feature",
+    "features",
+    "filter_grid",
+    "filters",
+    "gradcam",
     "gradient",
     "grid",
     "guided_backprop",
+    "guided_gradcam",
     "heatmap",
+    "IGResult",
     "imagenet_labels",
+    "integrated_gradients",
     "invert",
+    "layercam",
     "load_image",
     "load_images",
     "load_model",
+    "Model",
+    "neighbour_agreement",
+    "Neuron",
     "neuron",
     "neuron_gradient",
     "neurons",
     "normalize",
     "overlay",
     "predict",
+    "Render",
     "render_objective",
     "saliency",
     "sample_images",
     "save_image",
+    "scorecam",
+    "smoothgrad",
+    "Yosinski",
 ]

@@ -53,9 +53,37 @@ BAD_CALLS = [
 ]
 
 
-def _extend(calls, bad):
-    CALLS.extend(calls)
-    BAD_CALLS.extend(bad)
+# Synthesis, the CAM family, the averaged gradients and inspection, on the same small net.
+CALLS += [
+    ("class_model", lambda m: fv.class_model(m, [1, 2], steps=3)),
+    ("feature", lambda m: fv.feature(m, "features.3", [0, 1], steps=2, jitter=2)),
+    ("neuron", lambda m: fv.neuron(m, N, steps=2)),
+    ("deepdream", lambda m: fv.deepdream(m, X[:1], "features.3", octaves=2, steps_per_octave=2, jitter=2)),
+    ("invert", lambda m: fv.invert(m, X[:1], "features.3", steps=2)),
+    ("render_objective", lambda m: fv.render_objective(m, fv.channel("features.3", [0]) - fv.dream("features.3"),
+                                                       1, steps=2)),
+    ("gradcam", lambda m: fv.gradcam(m, X, layer="features.3")),
+    ("guided_gradcam", lambda m: fv.guided_gradcam(m, X, layer="features.3")),
+    ("scorecam", lambda m: fv.scorecam(m, X, layer="features.3", batch_size=3)),
+    ("layercam", lambda m: fv.layercam(m, X)),
+    ("smoothgrad", lambda m: fv.smoothgrad(m, X, n=3, batch_size=4)),
+    ("integrated_gradients", lambda m: fv.integrated_gradients(m, X, steps=4, batch_size=3)),
+    ("filters", lambda m: fv.filters(m)),
+    ("filter_grid", lambda m: fv.filter_grid(m)),
+    ("embed", lambda m: fv.embed(m, torch.rand(6, 3, 32, 32), method="pca")),
+]
+BAD_CALLS += [
+    ("class_model class", lambda m: fv.class_model(m, [10])),
+    ("class_model nan", lambda m: fv.class_model(m, [1], steps=2, lr=float("nan"))),
+    ("feature channel", lambda m: fv.feature(m, "features.3", [8], steps=1)),
+    ("deepdream layer", lambda m: fv.deepdream(m, X[:1], "features.7")),
+    ("invert shape", lambda m: fv.invert(m, X[:, :1], "features.3")),
+    ("gradcam layer", lambda m: fv.gradcam(m, X, layer="nope")),
+    ("scorecam target", lambda m: fv.scorecam(m, X, target=99)),
+    ("smoothgrad n", lambda m: fv.smoothgrad(m, X, n=0)),
+    ("integrated_gradients method", lambda m: fv.integrated_gradients(m, X, method="simpson")),
+    ("embed too few", lambda m: fv.embed(m, torch.rand(2, 3, 32, 32), method="tsne")),
+]
 
 
 @pytest.mark.parametrize("name,call", CALLS, ids=[c[0] for c in CALLS])
