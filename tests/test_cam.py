@@ -183,6 +183,7 @@ def test_scorecam_real_equal_loop_and_chunking(lite0, cat_coffee, snapshot):
     snap.assert_unchanged()
 
 
+@pytest.mark.slow
 def test_scorecam_default_layer_is_not_degenerate(lite0, photos):
     # 1280 masked forwards: the default layer must be a rectified map, or the positive weights
     # sum a mostly negative map to zero everywhere.
