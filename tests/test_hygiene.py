@@ -111,3 +111,27 @@ def test_session_restores_on_an_exception_inside(model, snapshot):
             assert not model.module.training and not model.layer("features.2").inplace
             raise RuntimeError("boom")
     snap.assert_unchanged()
+
+
+def test_no_state_and_no_gpu_only_import_at_import_time():
+    """DESIGN rule 10 and the CPU path: importing fastviz chooses no device and imports no Triton
+    kernel (Triton decides interpreter mode when a kernel is defined)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; n = torch.get_num_threads(); import fastviz; "
+            "assert 'fastviz.kernels.yosinski' not in sys.modules and 'triton' not in sys.modules, "
+            "sorted(m for m in sys.modules if 'triton' in m); "
+            "assert torch.get_num_threads() == n; print('clean')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "clean", out.stderr
+
+
+def test_the_cpu_engine_uses_the_torch_reference(model, monkeypatch):
+    import fastviz.regularizers as regs
+
+    seen = []
+    real = regs.regularize_reference
+    monkeypatch.setattr(regs, "regularize_reference", lambda *a, **k: seen.append(1) or real(*a, **k))
+    fv.class_model(model, [1], steps=2)
+    assert len(seen) == 2
