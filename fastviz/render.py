@@ -245,7 +245,7 @@ def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float
 
 def invert(model, photo, layer: str, *, steps: int = 300, seed: int = 0, device=None, progress=None,
            lr: float = 0.02, alpha: float = 6.0, alpha_weight: float = 1e-5, beta: float = 2.0,
-           tv_weight: float = 0.5, reg: Yosinski | None = None, **loop) -> Render:
+           tv_weight: float = 10.0, reg: Yosinski | None = None, **loop) -> Render:
     """Inverted representation (Mahendran & Vedaldi 2015): the image whose `layer`
     representation matches the photo's, with alpha-norm and total-variation regularisers.
 
