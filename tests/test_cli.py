@@ -24,6 +24,21 @@ def test_errors_exit_2_with_a_message(photos, tmp_path, capsys):
     assert main(["saliency", str(tmp_path / "missing.png")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["saliency", str(photos["chelsea"]), "--target", "1", "2"]) == 2
-    assert "--target: expected 1 or 1 classes" in capsys.readouterr().err
+    assert "--target: expected one class for all images or one per image (1), got 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+def test_synthesis_commands_write_grids(photos, tmp_path, capsys):
+    assert main(["class", "1", "285", "--steps", "2", "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "grid.png").is_file() and (tmp_path / "c" / "0285_egyptian_cat.png").is_file()
+    assert main(["feature", "_blocks.4", "1", "2", "--steps", "2", "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "blocks_4_0002.png").is_file()
+    assert main(["dream", str(photos["chelsea"]), "--layer", "_blocks.4", "--octaves", "1",
+                 "--steps-per-octave", "2", "--out", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "chelsea_dream.png").is_file()
+    assert main(["invert", str(photos["coffee"]), "--layer", "_blocks.4", "--steps", "2",
+                 "--out", str(tmp_path / "i")]) == 0
+    assert "class models: 2 images" in capsys.readouterr().out
+    assert main(["class", "1000", "--steps", "2"]) == 2
+    assert "classes: index 1000 outside" in capsys.readouterr().err

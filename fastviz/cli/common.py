@@ -83,5 +83,5 @@ def parse_targets(values: list[str] | None, n: int):
     if len(ints) == 1:
         return ints[0]
     if len(ints) != n:
-        raise FastvizError(f"--target: expected 1 or {n} classes (one per image), got {len(ints)}")
+        raise FastvizError(f"--target: expected one class for all images or one per image ({n}), got {len(ints)}")
     return ints
