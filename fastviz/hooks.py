@@ -42,26 +42,25 @@ class Session:
         The count takes one no-grad forward of one image per (model, layer), cached on the Model.
         """
         todo = [n for n in names if n not in self.model._single_use]
-        if not todo:
-            return
-        counts = dict.fromkeys(todo, 0)
-        handles = []
-        for n in todo:
-            def count(_m, _i, _o, n=n):
-                counts[n] += 1
-            handles.append(self.model.layer(n).register_forward_hook(count))
-        try:
-            with torch.no_grad():
-                self.model(x[:1].detach())
-        finally:
-            for h in handles:
-                h.remove()
-        for n, c in counts.items():
-            self.model._single_use[n] = c == 1
+        if todo:
+            counts = dict.fromkeys(todo, 0)
+            handles = []
+            for n in todo:
+                def count(_m, _i, _o, n=n):
+                    counts[n] += 1
+                handles.append(self.model.layer(n).register_forward_hook(count))
+            try:
+                with torch.no_grad():
+                    self.model(x[:1].detach())
+            finally:
+                for h in handles:
+                    h.remove()
+            for n, c in counts.items():
+                self.model._single_use[n] = c
         for n in names:
-            if not self.model._single_use[n]:
+            if self.model._single_use[n] != 1:
                 raise FastvizError(
-                    f"layer: module {n!r} runs {counts.get(n, 'several')} times in one forward "
+                    f"layer: module {n!r} runs {self.model._single_use[n]} times in one forward "
                     f"(one module object reused), so its activation is ambiguous; pick a module "
                     f"that runs once, e.g. its parent block"
                 )

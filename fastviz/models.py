@@ -88,7 +88,7 @@ class Model:
         self.input_size = _as_pair(input_size)
         self.labels = list(labels) if labels is not None else None
         self.name = name or type(module).__name__
-        self._single_use: dict[str, bool] = {}
+        self._single_use: dict[str, int] = {}  # layer -> calls in one forward (rule 8)
         # (device, dtype) -> ((1, C, 1, 1) mean, (1, C, 1, 1) 1/std): made once, so that no
         # host-to-device copy happens inside a step (a CUDA graph capture forbids it).
         self._norm: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

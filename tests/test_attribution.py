@@ -178,3 +178,9 @@ def test_bad_neurons(lite0, cat_coffee):
         fv.neuron_gradient(lite0, cat_coffee, fv.Neuron("_swish", channel=0))
     with pytest.raises(fv.FastvizError, match="Neuron.channel: expected a non-negative int"):
         fv.Neuron("_blocks.10", channel=-1)
+
+
+def test_a_reused_module_is_refused_every_time(lite0, cat_coffee):
+    for _ in range(2):  # the second time the call count comes from the cache
+        with pytest.raises(fv.FastvizError, match="'_swish' runs 2 times in one forward"):
+            fv.neuron_gradient(lite0, cat_coffee, fv.Neuron("_swish", channel=0))
