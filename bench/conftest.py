@@ -152,11 +152,13 @@ def floor(device) -> Callable:
     return run
 
 
-def paired(benchmark, fn: Callable, floor_fn: Callable, *, rounds: int, warmup: int = 1) -> dict:
-    """Time `fn` with pytest-benchmark and `floor_fn` in between, one floor call per round.
+def paired(benchmark, fn: Callable, floor_fn: Callable, *, rounds: int, warmup: int = 1,
+           floors_per_round: int = 1) -> dict:
+    """Time `fn` with pytest-benchmark and `floor_fn` in between, `floors_per_round` calls a round.
 
     The floor runs in pytest-benchmark's untimed `setup` before each timed call, so the two
-    alternate and share the machine's state; its own times are kept here.
+    alternate and share the machine's state; its own times are kept here. On a shared machine
+    one floor sample a round is noisy: loops that run several steps a round take more.
 
     Returns:
         {"fn": result of the last call, "floor_s": median floor seconds, "floor_times": [...]}.
@@ -167,9 +169,10 @@ def paired(benchmark, fn: Callable, floor_fn: Callable, *, rounds: int, warmup: 
     floor_times: list[float] = []
 
     def setup():
-        t = time.perf_counter()
-        floor_fn()
-        floor_times.append(time.perf_counter() - t)
+        for _ in range(floors_per_round):
+            t = time.perf_counter()
+            floor_fn()
+            floor_times.append(time.perf_counter() - t)
 
     result = benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1)
     return {"fn": result, "floor_s": statistics.median(floor_times), "floor_times": floor_times}

@@ -2,7 +2,7 @@
 
 Each round is one call rendering STEPS steps (a multiple of the default blur period, 4, so the
 mix of blurring and plain steps is the long-run one) with the full default regularizer,
-`fv.Yosinski()`. The floor (bench/conftest.py) runs once between rounds, in the same test:
+`fv.Yosinski()`. The floor (bench/conftest.py) runs 3 times between rounds, in the same test:
 - class models: forward + backward to the image through the whole network;
 - channel objective: the same, truncated at the layer (the forward stops there, as the loop's).
 
@@ -38,7 +38,7 @@ CLASSES = [1, 130, 285, 980, 967, 20, 340, 504, 417, 945, 309, 99, 817, 71, 948,
 
 
 def _rounds(batch: int) -> int:
-    return 5 if batch <= 2 else 3
+    return 7 if batch <= 2 else 5
 
 
 def _render_bench(benchmark, setting, render_fn, floor_fn, batch, **extra):
@@ -49,7 +49,7 @@ def _render_bench(benchmark, setting, render_fn, floor_fn, batch, **extra):
         loop_seconds.append(r.info["loop_seconds"])
         return r
 
-    timing = paired(benchmark, run, floor_fn, rounds=_rounds(batch))
+    timing = paired(benchmark, run, floor_fn, rounds=_rounds(batch), floors_per_round=3)
     r = timing["fn"]
     assert r.images.shape[0] == batch and r.history.shape == (STEPS, batch)
     assert r.info["backend"] == "eager" or r.info["device"].startswith("cuda")
