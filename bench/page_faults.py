@@ -8,10 +8,8 @@ torch every step. Run: `python bench/page_faults.py` (one process per setting, o
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time, torch

@@ -20,7 +20,7 @@ from .attribution import prepare
 from .errors import FastvizError
 from .hooks import session
 from .models import Model
-from .targets import Neuron, class_targets
+from .targets import Neuron, class_targets, positive_int
 
 __all__ = ["IGResult", "integrated_gradients", "smoothgrad"]
 
@@ -31,12 +31,6 @@ NoiseSource = Callable[[int, int], torch.Tensor]
 
 
 # -- checks ---------------------------------------------------------------------------------
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FastvizError(f"{name}: expected an int >= 1, got {value!r}")
-    return value
-
-
 def _class_target(target):
     if isinstance(target, Neuron):
         raise FastvizError("target: SmoothGrad and integrated gradients explain a class score; "
@@ -137,8 +131,8 @@ def smoothgrad(model, x, target=None, n: int = 25, noise: float = 0.15, squared:
         >>> smoothgrad(load_model(), torch.rand(2, 3, 224, 224), n=4, seed=0).shape
         torch.Size([2, 224, 224])
     """
-    n = _positive_int(n, "n")
-    batch_size = _positive_int(batch_size, "batch_size")
+    n = positive_int(n, "n")
+    batch_size = positive_int(batch_size, "batch_size")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise FastvizError(f"noise: expected a level >= 0 (fraction of each image's range), got {noise!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -191,7 +185,7 @@ def ig_alphas(steps: int, method: str, spacing: str = "cubic") -> tuple[list[flo
         raise FastvizError(f"method: expected one of {', '.join(IG_METHODS)}, got {method!r}")
     if spacing not in IG_SPACINGS:
         raise FastvizError(f"spacing: expected one of {', '.join(IG_SPACINGS)}, got {spacing!r}")
-    steps = _positive_int(steps, "steps")
+    steps = positive_int(steps, "steps")
     if method == "trapezoid":
         if steps < 2:
             raise FastvizError(f"steps: the trapezoid rule needs steps >= 2, got {steps}")
@@ -259,7 +253,7 @@ def integrated_gradients(model, x, target=None, baseline=None, steps: int = 50,
         (torch.Size([1, 3, 224, 224]), torch.Size([1]))
     """
     alphas, weights = ig_alphas(steps, method, spacing)
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     m, x = prepare(model, x)
     base = _baseline(baseline, x)
     B = x.shape[0]

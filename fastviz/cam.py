@@ -32,7 +32,7 @@ from .errors import FastvizError
 from .guided import guided
 from .hooks import Session, session
 from .models import Model
-from .targets import Neuron, class_targets, pick
+from .targets import Neuron, class_targets, pick, positive_int
 
 __all__ = ["default_layer", "gradcam", "guided_gradcam", "layercam", "scorecam"]
 
@@ -41,12 +41,6 @@ _DEFAULT_LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.We
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FastvizError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    return batch_size
-
-
 def _class_target(target):
     if isinstance(target, Neuron):
         raise FastvizError("target: class activation maps explain a class score; got a Neuron "
@@ -282,7 +276,7 @@ def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 
     Raises:
         FastvizError: as `gradcam`, and batch_size < 1.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = positive_int(batch_size, "batch_size")
     m, x = prepare(model, x)
     target = _class_target(target)
     name = _layer_name(m, x, layer)

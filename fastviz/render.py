@@ -20,7 +20,7 @@ from .hooks import session
 from .models import Model, as_model
 from .objectives import ClassScore, Channel, Dream, Inversion, NeuronScore, Objective
 from .regularizers import NONE, Yosinski
-from .targets import Neuron, as_index_list
+from .targets import Neuron, as_index_list, positive_int
 
 DEFAULT_SIZE = 224
 
@@ -81,11 +81,8 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
             amp, snapshot_every, progress_every).
     """
     m = as_model(model)
-    batch_size = rows if batch_size is None else batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise FastvizError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise FastvizError(f"steps: expected an int >= 1, got {steps!r}")
+    batch_size = positive_int(rows if batch_size is None else batch_size, "batch_size")
+    positive_int(steps, "steps")
     chunks = [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
     parts: list[Render] = []
     with on_device(m, device) as dev:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -81,6 +80,13 @@ def class_targets(target, batch: int, num_classes: int, name: str = "target") ->
     if bool(bad.any()):
         raise FastvizError(f"{name}: class index {int(t[bad][0])} outside [0, {num_classes})")
     return t
+
+
+def positive_int(value, name: str) -> int:
+    """`value` when it is an int >= 1 (not a bool); else FastvizError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FastvizError(f"{name}: expected an int >= 1, got {value!r}")
+    return value
 
 
 def as_index_list(values, name: str, upper: int | None = None) -> list[int]:

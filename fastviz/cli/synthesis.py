@@ -8,7 +8,6 @@ from tqdm import tqdm
 
 from .. import image, io, render
 from ..regularizers import Yosinski
-from ..targets import Neuron
 from .common import add_model_args, add_out_arg, model_from_args, out_dir, slug
 
 
