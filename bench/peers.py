@@ -273,8 +273,11 @@ def main(argv=None) -> int:
         "module produces: Lite0 reuses its `_swish` module, which breaks hook-based peers); fastviz uses "
         "its default layer (the same map after the activation). Lucent has no Yosinski regularizers; its "
         "rows time its default (FFT parameterisation, pad/jitter/scale/rotate transforms, Adam lr 0.05), "
-        "fastviz's the full default `Yosinski()`. Peers leave parameters trainable, so every backward "
-        "also computes weight gradients.",
+        "fastviz's the full default `Yosinski()`. grad-cam and lucent leave parameters trainable and call "
+        "`.backward()`, so every step also computes weight gradients; captum differentiates with "
+        "`torch.autograd.grad` with respect to the inputs only, which skips weight gradients too, so "
+        "fastviz has no such edge over captum (its integrated gradients also run two extra forwards, "
+        "of the image and the baseline, for the completeness check).",
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ def main(src: str, dst: str) -> None:
         ax.set_xticks(batch, [str(b) for b in batch])
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"EfficientNet-Lite0, 224x224, CPU, {info['threads']} thread(s)", fontsize=10)
