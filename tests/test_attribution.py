@@ -184,3 +184,16 @@ def test_a_reused_module_is_refused_every_time(lite0, cat_coffee):
     for _ in range(2):  # the second time the call count comes from the cache
         with pytest.raises(fv.FastvizError, match="'_swish' runs 2 times in one forward"):
             fv.neuron_gradient(lite0, cat_coffee, fv.Neuron("_swish", channel=0))
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "densenet121"])
+def test_guided_backprop_on_torchvision_nets_with_inplace_relus(name):
+    """The gate returns a view of each activation's output: these nets' inplace ReLUs and
+    residual additions must not trip autograd, and the map must differ from the gradient."""
+    torch.manual_seed(0)
+    m = fv.load_model(name, weights=None)
+    x = torch.rand(1, 3, 224, 224)
+    g = fv.guided_backprop(m, x, target=3)
+    plain, _ = fv.gradient(m, x, 3)
+    assert g.shape == (1, 3, 224, 224) and float(g.abs().sum()) > 0
+    assert float((g - plain).abs().sum()) > 0.01 * float(plain.abs().sum())
