@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export MALLOC_MMAP_THRESHOLD_ = 536870912
 export MALLOC_TRIM_THRESHOLD_ = 1073741824
 
-.PHONY: venv demo test bench docs clean
+.PHONY: venv demo test bench bench-save bench-compare bench-plot peers gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,30 @@ test: venv
 
 bench: venv
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=median,iqr,ops
+
+# Regression check on your own model: save a baseline, change things, compare (fails when a
+# median got more than THRESHOLD percent slower).
+NAME ?= baseline
+THRESHOLD ?= 10
+MODEL ?= efficientnet-lite0
+
+bench-save: venv
+	$(VENV)/bin/fastviz bench --model $(MODEL) --save $(NAME)
+
+bench-compare: venv
+	$(VENV)/bin/fastviz bench --model $(MODEL) --compare $(NAME) --threshold $(THRESHOLD)
+
+bench-plot: venv
+	FASTVIZ_BENCH_BATCHES=1,2,4,8,16 $(PY) -m pytest bench/test_bench_render.py -k class_model --benchmark-only --benchmark-json=out/its_vs_batch.json
+	$(PY) bench/plot_its_vs_batch.py out/its_vs_batch.json docs/img/its_vs_batch_cpu.png
+
+# captum, grad-cam and lucent beside fastviz (their own venv, sharing torch); writes docs/peers.md.
+peers: venv
+	$(PY) bench/peers.py
+
+# On a CUDA machine: GPU tests, graph vs eager, timings, 1000 class models.
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf out .pytest_cache .benchmarks
