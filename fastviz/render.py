@@ -52,15 +52,19 @@ def _size(model: Model, size) -> tuple[int, int]:
     return tuple(int(s) for s in size)
 
 
-def _start(model: Model, rows: int, size, init: str, seed: int, device) -> torch.Tensor:
-    """(rows, C, H, W) centred start image: "zero" (the mean colour) or small "noise"."""
+def _start(model: Model, rows: range, size, init: str, seed: int, device) -> torch.Tensor:
+    """(len(rows), C, H, W) centred start image: "zero" (the mean colour) or small "noise".
+
+    Row r's noise comes from its own generator seeded by (seed, r), so a row starts the same
+    whatever batch it is rendered in.
+    """
     h, w = _size(model, size)
     c = model.channels or 3
     if init == "zero":
-        return torch.zeros(rows, c, h, w, device=device)
+        return torch.zeros(len(rows), c, h, w, device=device)
     if init == "noise":
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        return (0.01 * torch.randn(rows, c, h, w, generator=gen)).to(device)
+        gens = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + r) for r in rows]
+        return torch.stack([0.01 * torch.randn(c, h, w, generator=g) for g in gens]).to(device)
     raise FastvizError(f"init: expected 'zero' or 'noise', got {init!r}")
 
 
@@ -90,7 +94,7 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
             if start is not None:
                 x0 = start[a:b].to(dev, torch.float32) - m.mean_tensor(start[a:b].to(dev))
             else:
-                x0 = _start(m, b - a, size, init, seed + a, dev)
+                x0 = _start(m, range(a, b), size, init, seed, dev)
             report = None
             if progress is not None:
                 report = lambda done, total, k=k: progress(k * steps + done, len(chunks) * steps)
@@ -115,7 +119,8 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 200, seed: 
         model: `Model` or nn.Module (its logits are the class scores S_c, before softmax).
         classes: a class index or a list: one image per class, rendered in one batched loop.
         steps: gradient-ascent steps.
-        seed: makes the run deterministic (jitter, noise init).
+        seed: makes the run deterministic (jitter, noise init). The start image of a row does
+            not depend on batch_size; with jitter, the shifts do (one generator per batch).
         batch_size: rows rendered at once (default: all); 1000 classes at 250 = 4 batches.
         device: where to render (default: where the model is; the model is moved back after).
         progress: called as progress(steps_done, total_steps).
