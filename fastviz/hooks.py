@@ -27,6 +27,13 @@ class Session:
     def __init__(self, model: Model):
         self.model = model
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._layers: dict[str, nn.Module] = {}  # name -> module, looked up once per session
+
+    def layer(self, name: str) -> nn.Module:
+        """`model.layer(name)`, cached for the session (a synthesis loop asks every step)."""
+        if name not in self._layers:
+            self._layers[name] = self.model.layer(name)
+        return self._layers[name]
 
     def add_forward_hook(self, module: nn.Module, hook: Callable) -> None:
         self._handles.append(module.register_forward_hook(hook))
@@ -79,7 +86,7 @@ class Session:
             (activations by name, logits or None when the forward stopped early).
         """
         layers = list(dict.fromkeys(layers))
-        modules = [self.model.layer(n) for n in layers]
+        modules = [self.layer(n) for n in layers]
         self.check_single_use(layers, x)
         acts: dict[str, torch.Tensor] = {}
         handles = []
