@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -28,16 +29,26 @@ class Objective:
 
     layers: set[str] = set()
     rows: int | None = None  # None: the same objective for every row
+    row_tensors: tuple[str, ...] = ()  # attributes holding one entry per row
 
     def score(self, acts: dict[str, Tensor], img: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _map(self, fn) -> "Objective":
+        """A shallow copy with `fn` applied to every per-row tensor."""
+        new = copy.copy(self)
+        for name in self.row_tensors:
+            setattr(new, name, fn(getattr(self, name)))
+        if self.row_tensors:
+            new.rows = getattr(new, self.row_tensors[0]).shape[0]
+        return new
+
     def select(self, rows: slice) -> "Objective":
         """The objective of rows[rows] (a chunk of the batch)."""
-        return self
+        return self._map(lambda t: t[rows])
 
     def to(self, device) -> "Objective":
-        return self
+        return self._map(lambda t: t.to(device))
 
     def check(self, acts: dict[str, Tensor]) -> None:
         """Validate indices against the activations once, before the loop (raises FastvizError)."""
@@ -125,24 +136,13 @@ def _indices(values, name: str) -> Tensor:
 class _Indexed(Objective):
     """An objective with one index (class or channel) per row."""
 
+    row_tensors = ("index",)
+
     def __init__(self, layer: str, index: Tensor):
         self.layer = layer
         self.index = index
         self.layers = {layer}
         self.rows = index.numel()
-
-    def _clone(self, index):
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.index = index
-        new.rows = index.numel()
-        return new
-
-    def select(self, rows):
-        return self._clone(self.index[rows])
-
-    def to(self, device):
-        return self._clone(self.index.to(device))
 
     def _act(self, acts: dict[str, Tensor]) -> Tensor:
         a = acts[self.layer]
@@ -196,6 +196,8 @@ class Channel(_Indexed):
 class NeuronScore(Objective):
     """One unit (channel, y, x) of `layer` per row."""
 
+    row_tensors = ("c", "y", "x")
+
     def __init__(self, layer: str, channels, ys, xs):
         self.layer = layer
         self.layers = {layer}
@@ -203,18 +205,6 @@ class NeuronScore(Objective):
         if not self.c.numel() == self.y.numel() == self.x.numel():
             raise FastvizError("neurons: channel, y and x need one value per row")
         self.rows = self.c.numel()
-
-    def _make(self, c, y, x):
-        new = object.__new__(NeuronScore)
-        new.__dict__.update(self.__dict__)
-        new.c, new.y, new.x, new.rows = c, y, x, c.numel()
-        return new
-
-    def select(self, rows):
-        return self._make(self.c[rows], self.y[rows], self.x[rows])
-
-    def to(self, device):
-        return self._make(self.c.to(device), self.y.to(device), self.x.to(device))
 
     def check(self, acts):
         a = acts[self.layer]
@@ -259,26 +249,16 @@ class Inversion(Objective):
             - tv_weight * mean(TV(x)^(beta/2)), with x the [0, 1] image. Higher is better.
     """
 
+    row_tensors = ("target", "norm")
+
     def __init__(self, layer: str, target: Tensor, alpha: float = 6.0, alpha_weight: float = 1e-5,
-                 beta: float = 2.0, tv_weight: float = 0.5):
+                 beta: float = 2.0, tv_weight: float = 10.0):
         self.layer = layer
         self.layers = {layer}
         self.target = target.detach()
         self.rows = target.shape[0]
         self.alpha, self.alpha_weight, self.beta, self.tv_weight = alpha, alpha_weight, beta, tv_weight
         self.norm = target.detach().float().square().flatten(1).sum(1).clamp_min(1e-12)
-
-    def _make(self, target, norm):
-        new = object.__new__(Inversion)
-        new.__dict__.update(self.__dict__)
-        new.target, new.norm, new.rows = target, norm, target.shape[0]
-        return new
-
-    def select(self, rows):
-        return self._make(self.target[rows], self.norm[rows])
-
-    def to(self, device):
-        return self._make(self.target.to(device), self.norm.to(device))
 
     def score(self, acts, img):
         a = acts[self.layer].float()
