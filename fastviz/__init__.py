@@ -10,7 +10,8 @@ from .demo_data import demo_set
 from .engine import Render
 from .errors import FastvizError
 from .image import grid, heatmap, normalize, overlay, save_image
-from .inspection import Embedding, embed, features, filter_grid, filters, neighbour_agreement
+from .embedding import Embedding, embed, neighbour_agreement
+from .inspection import features, filter_grid, filters
 from .io import load_image, load_images, sample_images
 from .models import Model, as_model, imagenet_labels, load_model
 from .objectives import channel, class_score, dream, neurons

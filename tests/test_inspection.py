@@ -12,8 +12,8 @@ from torch import nn
 import fastviz as fv
 from fastviz.demo_data import demo_photos, demo_set
 from fastviz.errors import FastvizError
-from fastviz.inspection import (Embedding, embed, features, filter_grid, filters,
-                                neighbour_agreement, reduce)
+from fastviz.embedding import Embedding, embed, neighbour_agreement, reduce
+from fastviz.inspection import features, filter_grid, filters
 
 
 def tiny_net(in_channels: int = 3) -> fv.Model:

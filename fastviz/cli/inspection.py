@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import image, inspection
+from .. import embedding, image, inspection
 from .common import add_model_args, add_out_arg, model_from_args, out_dir, slug
 
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser("embed", help="map images to 2-D by the network's features (t-SNE or PCA)")
     p.add_argument("paths", nargs="+", help="image files or folders, or 'demo' for the built-in demo set")
     add_model_args(p)
-    p.add_argument("--method", choices=inspection.METHODS, default="tsne")
+    p.add_argument("--method", choices=embedding.METHODS, default="tsne")
     p.add_argument("--layer", default=None, help="feature layer (default: the classifier's input)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--perplexity", type=float, default=30.0)
@@ -56,7 +56,7 @@ def run_embed(args) -> int:
     else:
         images = args.paths
     bar = partial(tqdm, desc=f"features ({model.name})", unit="batch")
-    e = inspection.embed(model, images, args.method, args.layer, args.batch_size, perplexity=args.perplexity,
+    e = embedding.embed(model, images, args.method, args.layer, args.batch_size, perplexity=args.perplexity,
                          seed=args.seed, progress=bar, names=names)
     out = out_dir(args.out)
     stem = f"{args.method}_{slug(model.name)}" + ("_demo" if demo else "")
@@ -67,10 +67,10 @@ def run_embed(args) -> int:
     if demo:
         groups = [n.split("/")[0] for n in e.names]
         written.insert(2, image.save_image(e.scatter(groups=groups), out / f"{stem}_scatter_photo.png"))
-        pixels = inspection.reduce(images, args.method, args.perplexity, args.seed)
+        pixels = embedding.reduce(images, args.method, args.perplexity, args.seed)
         k = 5
-        net_score = inspection.neighbour_agreement(e.coords, sources, k)
-        pix_score = inspection.neighbour_agreement(pixels, sources, k)
+        net_score = embedding.neighbour_agreement(e.coords, sources, k)
+        pix_score = embedding.neighbour_agreement(pixels, sources, k)
         print(f"{k}-NN agreement of the source photo in the 2-D {args.method} map of {len(e)} views: "
               f"network features {net_score:.3f}, raw pixels {pix_score:.3f}")
     print(f"{len(e)} images, {e.features.shape[1]}-d features -> {args.method}; wrote "
