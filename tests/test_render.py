@@ -7,6 +7,7 @@ from torch import nn
 import fastviz as fv
 from fastviz.hooks import session
 from fastviz.regularizers import NONE
+from fastviz.render import _start
 
 CLASSES = [1, 130, 285, 980]  # goldfish, flamingo, Egyptian cat, volcano
 
@@ -110,20 +111,39 @@ def test_invert_matches_the_representation(lite0, photos):
     assert float((got - t).norm() / t.norm()) < 0.7
 
 
-def test_deterministic_for_a_seed_and_batched_like_unbatched(lite0):
+def test_deterministic_for_a_seed(lite0):
     a = fv.class_model(lite0, [1, 130, 285], steps=4, seed=3)
     assert torch.equal(a.images, fv.class_model(lite0, [1, 130, 285], steps=4, seed=3).images)
-    # Rows are independent, so a batch of 3 equals batches of 2 + 1 up to the last bits that
-    # batch-size-dependent conv kernels change. From the zero image every pixel's norm ties and
-    # such bits decide which 30% the clip zeroes, so compare from noise, over two steps.
-    kw = dict(steps=2, seed=3, init="noise")
-    a = fv.class_model(lite0, [1, 130, 285], **kw)
-    b = fv.class_model(lite0, [1, 130, 285], batch_size=2, **kw)
-    differ = (a.images - b.images).abs() > 1e-4
-    assert float(differ.float().mean()) < 1e-3, float(differ.float().mean())
     f1 = fv.feature(lite0, "_blocks.4", [1], steps=2, seed=1)
     f2 = fv.feature(lite0, "_blocks.4", [1], steps=2, seed=2)
     assert not torch.equal(f1.images, f2.images)
+
+
+def test_rows_are_independent_of_the_batch(lite0):
+    """A batch of 3 renders what batches of 2 + 1 render, up to what batch-size-dependent kernels
+    change (DESIGN rule 12).
+
+    What is guaranteed is row independence of the *gradient*, not last-bit equality: oneDNN picks
+    its convolution kernels by batch size, ISA (AVX2 vs AVX-512) and thread count, so the two
+    runs differ in the last bits of every gradient. Anything that turns a tiny difference into a
+    large one hides that guarantee behind noise: the Yosinski percentile clips (a pixel just
+    above or below the 30th percentile is kept or zeroed; on an AVX-512 machine with 2 threads
+    6% of pixels differed by > 1e-4 after 2 steps), Adam's first step (m / sqrt(v) = sign(g)),
+    and the trajectory itself (measured here with 2 threads, plain SGD, no regularizer: batch 3
+    vs batches of 1 differ by 6e-6 of the move after one step, by 1.5e-2 after three, as
+    ReLU6 gates flip). So compare one plain step, where the update is linear in the gradient
+    and a difference of rounding stays rounding-sized; a row mixed with another would differ by
+    the size of the move itself.
+    """
+    kw = dict(steps=1, seed=3, init="noise", reg=NONE, optimizer="sgd", lr=0.01)
+    a = fv.class_model(lite0, [1, 130, 285], **kw)
+    start = _start(lite0, range(3), None, "noise", 3, "cpu") + 0.5  # Lite0's mean colour is 0.5
+    moved = (a.images - start).abs().amax()
+    assert float(moved) > 1e-3  # the images did move: the comparison below is not vacuous
+    for batch_size in (1, 2):
+        b = fv.class_model(lite0, [1, 130, 285], batch_size=batch_size, **kw)
+        assert float((a.images - b.images).abs().amax()) < 1e-4 * float(moved), batch_size
+        torch.testing.assert_close(a.history, b.history, rtol=1e-4, atol=1e-4)
 
 
 def test_snapshots_and_progress(lite0):
