@@ -3,7 +3,8 @@
 Inputs are images in [0, 1], (B, 3, H, W); the `Model` wrapper normalises them for the network.
 """
 
-from .attribution import gradient, guided_backprop, neuron_gradient, predict, saliency
+from .attribution import (deconvnet, gradient, guided_backprop, input_x_gradient, neuron_gradient,
+                          predict, saliency)
 from .averaged import IGResult, integrated_gradients, smoothgrad
 from .cam import gradcam, guided_gradcam, layercam, scorecam
 from .demo_data import demo_set
@@ -13,6 +14,8 @@ from .image import grid, heatmap, normalize, overlay, save_image
 from .embedding import Embedding, embed, neighbour_agreement
 from .inspection import features, filter_grid, filters
 from .io import load_image, load_images, sample_images
+from .metrics import (CurveResult, RandomizationResult, ROADResult, deletion, insertion,
+                      randomization_check, road)
 from .models import Model, as_model, imagenet_labels, load_model
 from .objectives import channel, class_score, dream, neurons
 from .regularizers import Yosinski
@@ -26,7 +29,10 @@ __all__ = [
     "channel",
     "class_model",
     "class_score",
+    "CurveResult",
+    "deconvnet",
     "deepdream",
+    "deletion",
     "demo_set",
     "dream",
     "embed",
@@ -44,6 +50,8 @@ __all__ = [
     "heatmap",
     "IGResult",
     "imagenet_labels",
+    "input_x_gradient",
+    "insertion",
     "integrated_gradients",
     "invert",
     "layercam",
@@ -59,8 +67,12 @@ __all__ = [
     "normalize",
     "overlay",
     "predict",
+    "randomization_check",
+    "RandomizationResult",
     "Render",
     "render_objective",
+    "road",
+    "ROADResult",
     "saliency",
     "sample_images",
     "save_image",

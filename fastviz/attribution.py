@@ -1,4 +1,4 @@
-"""Gradient attribution: saliency, guided backprop, the gradient of one intermediate neuron.
+"""Gradient attribution: saliency, guided backprop, deconvnet, input x gradient, neuron gradients.
 
 Each function is one forward and one backward to the image, batched (one target per row),
 with the network's parameters frozen so that no weight gradient is computed; gradients are
@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from .errors import FastvizError
+from .guided import deconvnet as _deconv_rule
 from .guided import guided
 from .hooks import session
 from .io import check_images
@@ -62,7 +63,7 @@ def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
             for ri, rp in zip(idx.cpu(), prob.cpu())]
 
 
-def gradient(model, x, target: Target = None, guided_relu: bool = False
+def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """d score / d image for one target per row: the engine of every gradient map.
 
@@ -71,15 +72,21 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False
         x: (B, C, H, W) images in [0, 1].
         target: class index (int, list, tensor; None = top-1 per row) or a `Neuron`.
         guided_relu: backpropagate through `GuidedReLU` (guided backprop).
+        deconv: backpropagate through `DeconvReLU` (deconvnet); not with guided_relu.
 
     Returns:
         ((B, C, H, W) gradient, (B,) class targets used, or None for a Neuron).
     """
+    if guided_relu and deconv:
+        raise FastvizError("guided_relu, deconv: pick one backward rule, got both")
     m, x = prepare(model, x)
     neuron = target if isinstance(target, Neuron) else None
-    with session(m) as s:
+    with session(m, no_inplace=deconv) as s:
         if guided_relu and guided(s) == 0:
             warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
+                          f"the plain gradient", stacklevel=3)
+        if deconv and _deconv_rule(s) == 0:
+            warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: deconvnet equals "
                           f"the plain gradient", stacklevel=3)
         xi = x.detach().requires_grad_(True)
         if neuron is not None:
@@ -130,6 +137,47 @@ def guided_backprop(model, x, target: Target = None) -> torch.Tensor:
     """
     g, _ = gradient(model, x, target, guided_relu=True)
     return g
+
+
+def deconvnet(model, x, target: Target = None) -> torch.Tensor:
+    """Deconvnet (Zeiler & Fergus 2014): backward where every ReLU / ReLU6 passes relu(gradient).
+
+    Unlike guided backprop, the forward input of the activation plays no part in the backward;
+    max-pooling routes the gradient through its switches, as its ordinary backward does.
+
+    Args:
+        model: `Model` or nn.Module; its nn.ReLU and nn.ReLU6 modules take the deconvnet rule.
+        x: (B, 3, H, W) images in [0, 1].
+        target: class per row, None for top-1, or a `Neuron`.
+
+    Returns:
+        (B, 3, H, W) signed image; `fastviz.image.normalize(g, "signed")` shows it.
+
+    Example:
+        >>> deconvnet(load_model(), torch.rand(2, 3, 224, 224), target=285).shape
+        torch.Size([2, 3, 224, 224])
+    """
+    g, _ = gradient(model, x, target, deconv=True)
+    return g
+
+
+def input_x_gradient(model, x, target: Target = None) -> torch.Tensor:
+    """Input x gradient (Shrikumar et al. 2016): the image times d score / d image.
+
+    The image is the [0, 1] one the user gave (the gradient too is with respect to it), so a
+    black pixel gets zero attribution whatever the network does with it.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        target: class per row, None for top-1, or a `Neuron`.
+
+    Returns:
+        (B, 3, H, W) signed attribution.
+    """
+    m, xd = prepare(model, x)
+    g, _ = gradient(m, xd, target)
+    return xd * g
 
 
 def neuron_gradient(model, x, neuron: Neuron, guided: bool = False) -> torch.Tensor:

@@ -11,6 +11,12 @@ where a function recomputing the activation and its mask cost 1.35x). Inplace mo
 module object called several times in a forward (EfficientNet-Lite0's `_swish`, torchvision
 ResNet's `relu`) are covered, because the hook acts on each call's output.
 
+Deconvnet (Zeiler & Fergus 2014) is the other rule on the same modules: the backward of each
+ReLU / ReLU6 passes relu(incoming gradient) whatever the forward input was. `deconvnet(session)`
+hooks `DeconvReLU`, which takes the module's input and output and sends the clamped gradient
+straight to the input, so the module's own backward (and its mask) never runs. It needs
+`session(..., no_inplace=True)`: an inplace activation overwrites the input it would route to.
+
 Not covered: activations applied functionally inside a `forward` (`F.relu`, `torch.relu`,
 `x.clamp(min=0)`), which no module hook can see. torchvision's DenseNet applies `F.relu` after
 its last block: guided maps there are guided everywhere but at that one activation.
@@ -58,5 +64,44 @@ def guided(session: Session) -> int:
     for module in session.model.module.modules():
         if isinstance(module, GUIDED_MODULES):
             session.add_forward_hook(module, _guide)
+            n += 1
+    return n
+
+
+class DeconvReLU(torch.autograd.Function):
+    """Forward: the activation's output as it is. Backward: relu(grad) to the activation's *input*.
+
+    The output argument gets no gradient, so the activation's own backward (its x > 0 mask) is
+    skipped: the deconvnet rule, independent of the forward input.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.clamp(min=0), None
+
+
+def _deconv(module: nn.Module, inputs, output):
+    x = inputs[0]
+    if not x.requires_grad:
+        return output
+    if x is output:
+        raise RuntimeError("deconvnet: an inplace activation reached the hook; open the session "
+                           "with no_inplace=True")
+    return DeconvReLU.apply(x, output)
+
+
+def deconvnet(session: Session) -> int:
+    """Route every ReLU / ReLU6 module's backward through `DeconvReLU` until the session ends.
+
+    The session must have been opened with ``no_inplace=True``. Returns the number of modules.
+    """
+    n = 0
+    for module in session.model.module.modules():
+        if isinstance(module, GUIDED_MODULES):
+            session.add_forward_hook(module, _deconv)
             n += 1
     return n

@@ -86,6 +86,26 @@ BAD_CALLS += [
 ]
 
 
+# Faithfulness metrics, the randomisation check, deconvnet and input x gradient.
+MAPS = torch.rand(2, 32, 32)
+CALLS += [
+    ("deconvnet", lambda m: fv.deconvnet(m, X, [1, 2])),
+    ("input_x_gradient", lambda m: fv.input_x_gradient(m, X)),
+    ("deletion", lambda m: fv.deletion(m, X, MAPS, steps=3)),
+    ("insertion", lambda m: fv.insertion(m, X, MAPS, steps=3)),
+    ("road", lambda m: fv.road(m, X, MAPS, percentiles=[30, 70])),
+    ("randomization_check", lambda m: fv.randomization_check(m, X, "guided_backprop")),
+]
+BAD_CALLS += [
+    ("deconvnet target", lambda m: fv.deconvnet(m, X, target=10)),
+    ("input_x_gradient shape", lambda m: fv.input_x_gradient(m, X[:, :2])),
+    ("deletion maps", lambda m: fv.deletion(m, X, MAPS[:1])),
+    ("insertion target", lambda m: fv.insertion(m, X, MAPS, target=10)),
+    ("road percentiles", lambda m: fv.road(m, X, MAPS, percentiles=[100])),
+    ("randomization_check stages", lambda m: fv.randomization_check(m, X, "saliency", stages=["nope"])),
+    ("randomization_check target", lambda m: fv.randomization_check(m, X, "saliency", target=10)),
+]
+
 @pytest.mark.parametrize("name,call", CALLS, ids=[c[0] for c in CALLS])
 def test_model_unchanged_after_call(model, snapshot, name, call):
     snap = snapshot(model.module)

@@ -1,0 +1,541 @@
+"""Which map to trust: deletion / insertion (RISE), ROAD, and the cascading randomisation check.
+
+Every metric is a function of (model, images, maps) that returns per-image numbers and the
+curve they summarise. The perturbations are small functions of their own (`pixel_ranks`,
+`mix`, `removed_count`, `noisy_linear_impute`), tested alone. All the perturbed images of a
+batch of curves are rows of a few large no-grad forwards (`batch_size` rows each), with the
+parameters frozen inside `fastviz.hooks.session`, on the model's device; the only host work is
+ROAD's sparse solve (scipy, CPU) and the final copy of the numbers.
+
+Maps are (B, H, W) at the image's size, higher = more relevant; a (B, C, H, W) map (guided
+backprop, deconvnet, input x gradient) is reduced to max over channels of |map|, as saliency is.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attribution import prepare
+from .errors import FastvizError
+from .hooks import session
+from .models import Model
+from .targets import class_targets, positive_int
+
+__all__ = ["CurveResult", "ROADResult", "RandomizationResult", "deletion", "insertion", "road",
+           "randomization_check", "pixel_ranks", "mix", "removed_count", "noisy_linear_impute",
+           "spearman", "METHODS"]
+
+SCORES = ("probability", "logit")
+
+
+# -- checks and shared pieces -----------------------------------------------------------------
+def _check_maps(maps, x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) float relevance on x's device from a (B, H, W) or (B, C, H, W) map."""
+    if not isinstance(maps, torch.Tensor):
+        raise FastvizError(f"maps: expected a tensor (B, H, W), got {type(maps).__name__}")
+    if maps.dim() == 4:
+        maps = maps.abs().amax(1)
+    B, _, H, W = x.shape
+    if maps.shape != (B, H, W):
+        raise FastvizError(f"maps: expected shape {(B, H, W)} (one map per image at its size), "
+                           f"got {tuple(maps.shape)}")
+    maps = maps.to(x.device, torch.float32)
+    if not torch.isfinite(maps).all():
+        raise FastvizError("maps: contain NaN or inf")
+    return maps
+
+
+def _check_score(score: str) -> str:
+    if score not in SCORES:
+        raise FastvizError(f"score: expected one of {SCORES}, got {score!r}")
+    return score
+
+
+@torch.no_grad()
+def _scores(m: Model, rows: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
+    """(N,) probability or logit of each row's target class: one forward."""
+    logits = m(rows)
+    if logits.dim() != 2:
+        raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
+    out = logits.float().softmax(1) if score == "probability" else logits.float()
+    return out.gather(1, targets[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def _targets(m: Model, x: torch.Tensor, target) -> torch.Tensor:
+    """(B,) classes on x's device: the given ones, or each clean image's top-1."""
+    logits = m(x)
+    if logits.dim() != 2:
+        raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
+    t = class_targets(target, x.shape[0], m.num_classes or logits.shape[1])
+    return logits.argmax(1) if t is None else t.to(x.device)
+
+
+# -- perturbations -----------------------------------------------------------------------------
+def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
+    """Rank of every pixel by relevance: 0 = most relevant; ties keep raster order.
+
+    Args:
+        maps: (B, H, W) relevance.
+
+    Returns:
+        (B, H*W) int64 ranks, a permutation of 0..H*W-1 per row.
+    """
+    flat = maps.flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks
+
+
+def mix(x: torch.Tensor, substrate: torch.Tensor, ranks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Row r: the pixels of rank < k[r] taken from `substrate`, the others from `x`.
+
+    Deletion is mix(image, black, ranks, k); insertion is mix(blurred, image, ranks, k).
+
+    Args:
+        x, substrate: (N, C, H, W).
+        ranks: (N, H*W) from `pixel_ranks`.
+        k: (N,) pixels to take from `substrate` per row.
+
+    Returns:
+        (N, C, H, W).
+    """
+    N, _, H, W = x.shape
+    take = (ranks < k[:, None]).view(N, 1, H, W)
+    return torch.where(take, substrate, x)
+
+
+def removed_count(pixels: int, percent: float) -> int:
+    """How many pixels ROAD removes at `percent`, by numpy's (linear) percentile of the map.
+
+    pytorch-grad-cam keeps the pixels strictly below `np.percentile(map, 100 - percent)` (most
+    relevant first): ceil((N - 1) (100 - percent) / 100) of them, on a map without ties.
+    """
+    kept = math.ceil((pixels - 1) * (100.0 - percent) / 100.0 - 1e-9)
+    return pixels - kept
+
+
+# The weights of the 8 neighbours in ROAD's noisy linear imputation (Rong et al. 2022).
+NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
+              ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
+
+
+def noisy_linear_impute(image: np.ndarray, removed: np.ndarray, noise: float = 0.0,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
+    """ROAD's imputation: each removed pixel = the weighted mean of its 8 neighbours (+ noise).
+
+    The removed pixels are the unknowns of one sparse linear system (SPD where every connected
+    region of removed pixels touches a kept one), solved by scipy's sparse LU for all channels at
+    once; neighbours outside the image drop out of the mean. Linear, and it keeps constants, so
+    imputing [0, 1] pixels and normalising afterwards equals imputing normalised pixels (a
+    per-channel affine map of the values); exact on planes away from the border.
+
+    Args:
+        image: (C, H, W) float array.
+        removed: (H, W) bool array, True where the pixel is imputed.
+        noise: standard deviation of Gaussian noise added to each imputed value (image units).
+        rng: numpy generator for the noise.
+
+    Returns:
+        (C, H, W) float64 array: kept pixels as they were, removed ones imputed.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    C, H, W = image.shape
+    flat = image.reshape(C, -1).astype(np.float64)
+    gone = removed.reshape(-1).astype(bool)
+    idx = np.flatnonzero(gone)
+    out = flat.copy()
+    if idx.size == 0:
+        return out.reshape(C, H, W)
+    if idx.size == gone.size:
+        raise FastvizError("percentiles: 100% removed leaves ROAD nothing to impute from")
+    var = np.full(gone.size, -1, dtype=np.int64)
+    var[idx] = np.arange(idx.size)
+    y0, x0 = np.divmod(idx, W)
+    diag = np.zeros(idx.size)
+    rhs = np.zeros((idx.size, C))
+    rows, cols, vals = [], [], []
+    for (dy, dx), w in NEIGHBOURS:
+        y, xx = y0 + dy, x0 + dx
+        ok = (y >= 0) & (y < H) & (xx >= 0) & (xx < W)
+        diag[ok] += w
+        eq, j = np.flatnonzero(ok), (y * W + xx)[ok]
+        unknown = gone[j]
+        rows.append(eq[unknown])
+        cols.append(var[j[unknown]])
+        vals.append(np.full(unknown.sum(), -w))
+        rhs[eq[~unknown]] += w * flat[:, j[~unknown]].T
+    rows.append(np.arange(idx.size))
+    cols.append(np.arange(idx.size))
+    vals.append(diag)
+    A = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                   shape=(idx.size, idx.size)).tocsc()
+    sol = spsolve(A, rhs).reshape(idx.size, C)
+    if noise:
+        rng = rng or np.random.default_rng()
+        sol = sol + noise * rng.standard_normal(sol.shape)
+    out[:, idx] = sol.T
+    return out.reshape(C, H, W)
+
+
+def _blur(x: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's insertion start: a Gaussian blur (kernel 11, sigma 5), on the device."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+
+
+# -- deletion and insertion --------------------------------------------------------------------
+@dataclass
+class CurveResult:
+    """A deletion or insertion curve per image.
+
+    auc: (B,) area under the curve over the fraction of pixels moved (trapezoid, x in [0, 1]).
+    curve: (B, steps + 1) target score after moving each fraction.
+    fractions: (steps + 1,) fraction of pixels moved, 0 to 1.
+    targets: (B,) class scored.
+    """
+
+    auc: torch.Tensor
+    curve: torch.Tensor
+    fractions: torch.Tensor
+    targets: torch.Tensor
+
+
+def _curve(model, x, maps, target, steps, score, batch_size, start_fn, end_fn) -> CurveResult:
+    m, x = prepare(model, x)
+    maps = _check_maps(maps, x)
+    steps = positive_int(steps, "steps")
+    batch_size = positive_int(batch_size, "batch_size")
+    score = _check_score(score)
+    B, _, H, W = x.shape
+    S = steps + 1
+    fractions = torch.linspace(0, 1, S)
+    counts = (fractions * H * W).round().long().to(x.device)
+    ranks = pixel_ranks(maps)
+    with session(m):
+        targets = _targets(m, x, target)
+        start, end = start_fn(x), end_fn(x)
+        out = []
+        for i in range(0, B * S, batch_size):
+            r = torch.arange(i, min(i + batch_size, B * S), device=x.device)
+            b, s = r // S, r % S
+            rows = mix(start.index_select(0, b), end.index_select(0, b), ranks.index_select(0, b),
+                       counts.index_select(0, s))
+            out.append(_scores(m, rows, targets.index_select(0, b), score))
+    curve = torch.cat(out).view(B, S).cpu()
+    auc = torch.trapezoid(curve, fractions, dim=1)
+    return CurveResult(auc, curve, fractions, targets.cpu())
+
+
+def _substrate(value, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if value == "blur":
+        return _blur
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return lambda x: torch.full_like(x, float(value))
+    raise FastvizError(f"{name}: expected 'blur' or a pixel value in [0, 1], got {value!r}")
+
+
+def deletion(model, x, maps, target=None, steps: int = 50, substrate: float | str = 0.0,
+             score: str = "probability", batch_size: int = 64) -> CurveResult:
+    """RISE deletion (Petsiuk et al. 2018): the target's score as the most relevant pixels go.
+
+    Step s replaces the round(s / steps * H * W) most relevant pixels (all channels) by the
+    substrate; lower AUC = a more faithful map.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        maps: (B, H, W) relevance (or (B, C, H, W), reduced to max |.| over channels).
+        target: class per image, or None for each clean image's top-1.
+        steps: points of the curve after the first (steps + 1 forwards per image).
+        substrate: what a deleted pixel becomes: a value in [0, 1] (default 0, black) or "blur".
+        score: "probability" (softmax, RISE's) or "logit".
+        batch_size: perturbed images per forward.
+
+    Returns:
+        `CurveResult`: auc (B,), curve (B, steps + 1), fractions (steps + 1,), targets (B,).
+
+    Example:
+        >>> x = load_images(sample_images()["chelsea"]); m = load_model()
+        >>> deletion(m, x, saliency(m, x), steps=20).curve.shape
+        torch.Size([1, 21])
+    """
+    return _curve(model, x, maps, target, steps, score, batch_size,
+                  lambda x: x, _substrate(substrate, "substrate"))
+
+
+def insertion(model, x, maps, target=None, steps: int = 50, substrate: float | str = "blur",
+              score: str = "probability", batch_size: int = 64) -> CurveResult:
+    """RISE insertion: the target's score as the most relevant pixels come back onto a blurred image.
+
+    Step s puts the round(s / steps * H * W) most relevant pixels of the image onto the substrate
+    (default: Gaussian blur, kernel 11, sigma 5); higher AUC = a more faithful map.
+
+    Args and Returns: as `deletion`.
+    """
+    return _curve(model, x, maps, target, steps, score, batch_size,
+                  _substrate(substrate, "substrate"), lambda x: x)
+
+
+# -- ROAD ---------------------------------------------------------------------------------------
+@dataclass
+class ROADResult:
+    """ROAD (Rong et al. 2022) per image: scores after removing each percentile of pixels.
+
+    percentiles: (P,) percent of pixels removed.
+    morf: (B, P) target score with the most relevant pixels removed and imputed (low = good).
+    lerf: (B, P) ... the least relevant ones removed (high = good).
+    clean: (B,) score of the untouched image.
+    combined: (B,) mean over percentiles of (lerf - morf) / 2, pytorch-grad-cam's ROADCombined
+        (higher = more faithful).
+    targets: (B,) class scored.
+    """
+
+    percentiles: torch.Tensor
+    morf: torch.Tensor
+    lerf: torch.Tensor
+    clean: torch.Tensor
+    combined: torch.Tensor
+    targets: torch.Tensor
+
+
+def road_images(x: torch.Tensor, maps: torch.Tensor, percentiles: Sequence[float], noise: float = 0.0,
+                seed: int | None = 0) -> torch.Tensor:
+    """The imputed images of ROAD, on the CPU: (B, 2, P, C, H, W), MoRF then LeRF.
+
+    Args:
+        x: (B, C, H, W) images in [0, 1].
+        maps: (B, H, W) relevance.
+        percentiles: percent of pixels removed, each in [0, 100).
+        noise: imputation noise (standard deviation in [0, 1] image units).
+        seed: seed of the noise.
+    """
+    B, C, H, W = x.shape
+    ranks = pixel_ranks(maps).cpu().numpy()
+    xs = x.detach().cpu().numpy()
+    rng = np.random.default_rng(seed)
+    out = np.empty((B, 2, len(percentiles), C, H, W), dtype=np.float32)
+    for b in range(B):
+        for j, p in enumerate(percentiles):
+            k = removed_count(H * W, p)
+            out[b, 0, j] = noisy_linear_impute(xs[b], (ranks[b] < k).reshape(H, W), noise, rng)
+            out[b, 1, j] = noisy_linear_impute(xs[b], (ranks[b] >= H * W - k).reshape(H, W), noise, rng)
+    return torch.from_numpy(out)
+
+
+def road(model, x, maps, percentiles: Sequence[float] = range(10, 100, 10), target=None,
+         noise: float = 0.005, score: str = "probability", seed: int | None = 0,
+         batch_size: int = 64) -> ROADResult:
+    """ROAD, RemOve And Debias (Rong et al. 2022): remove pixels, impute them, score the class.
+
+    For each percentile p the p% most relevant (MoRF) and the p% least relevant (LeRF) pixels are
+    removed and replaced by noisy linear imputation (`noisy_linear_impute`), which leaks far less
+    of the removed shape than a constant does. The count removed follows numpy's percentile of the
+    map, as pytorch-grad-cam's (`removed_count`). Conventions against pytorch-grad-cam: there,
+    `ROADMostRelevantFirst(percentile=q)` removes (100 - q)% of the pixels, so its q is this
+    function's 100 - p (averages over range(10, 100, 10) are the same set); its noise (0.01) is in
+    the network's normalised units, fastviz's in [0, 1] image units (0.005 = 0.01 x Lite0's std
+    0.5). The imputation runs on the CPU (scipy); the forwards on the model's device.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        maps: (B, H, W) relevance (or (B, C, H, W), reduced to max |.| over channels).
+        percentiles: percent of pixels removed, each in [0, 100).
+        target: class per image, or None for each clean image's top-1.
+        noise: imputation noise, standard deviation in [0, 1] units (0: plain linear imputation).
+        score: "probability" or "logit".
+        seed: seed of the imputation noise (None: fresh).
+        batch_size: imputed images per forward.
+
+    Returns:
+        `ROADResult` (morf, lerf (B, P); clean, combined (B,)).
+    """
+    m, x = prepare(model, x)
+    maps = _check_maps(maps, x)
+    score = _check_score(score)
+    batch_size = positive_int(batch_size, "batch_size")
+    try:
+        percentiles = [float(p) for p in percentiles]
+    except (TypeError, ValueError) as e:
+        raise FastvizError(f"percentiles: expected numbers in [0, 100), got {percentiles!r}") from e
+    if not percentiles or not all(0 <= p < 100 for p in percentiles):
+        raise FastvizError(f"percentiles: expected numbers in [0, 100), got {percentiles}")
+    if not (isinstance(noise, (int, float)) and noise >= 0):
+        raise FastvizError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    B, P = x.shape[0], len(percentiles)
+    imputed = road_images(x, maps, percentiles, noise, seed).view(B * 2 * P, *x.shape[1:])
+    with session(m):
+        targets = _targets(m, x, target)
+        clean = _scores(m, x, targets, score)
+        row_target = targets.repeat_interleave(2 * P)
+        out = []
+        for i in range(0, B * 2 * P, batch_size):
+            rows = imputed[i:i + batch_size].to(x.device)
+            out.append(_scores(m, rows, row_target[i:i + batch_size], score))
+    s = torch.cat(out).view(B, 2, P).cpu()
+    morf, lerf = s[:, 0], s[:, 1]
+    return ROADResult(torch.tensor(percentiles), morf, lerf, clean.cpu(), (lerf - morf).mean(1) / 2,
+                      targets.cpu())
+
+
+# -- the randomisation check ----------------------------------------------------------------------
+def _map_methods() -> dict[str, Callable]:
+    from . import attribution, averaged, cam
+
+    def reduce(f):
+        return lambda m, x, t: f(m, x, t).abs().amax(1)
+
+    return {
+        "saliency": attribution.saliency,
+        "guided_backprop": reduce(attribution.guided_backprop),
+        "deconvnet": reduce(attribution.deconvnet),
+        "input_x_gradient": reduce(attribution.input_x_gradient),
+        "gradcam": lambda m, x, t: cam.gradcam(m, x, t),
+        "smoothgrad": lambda m, x, t: averaged.smoothgrad(m, x, t, seed=0),
+        "integrated_gradients": lambda m, x, t: averaged.integrated_gradients(m, x, t)
+        .attributions.abs().amax(1),
+    }
+
+
+# name -> (model, x, target) -> (B, H, W) map; CLI aliases: guided, ig, ixg.
+METHODS = tuple(_map_methods())
+ALIASES = {"guided": "guided_backprop", "ig": "integrated_gradients", "ixg": "input_x_gradient",
+           "input-x-gradient": "input_x_gradient"}
+
+
+def map_method(method) -> Callable:
+    """A method name (or alias) or a callable (model, x, target) -> map, as a callable."""
+    if callable(method):
+        return method
+    name = ALIASES.get(method, method)
+    methods = _map_methods()
+    if name not in methods:
+        raise FastvizError(f"method: expected one of {', '.join(METHODS)} or a callable, got {method!r}")
+    return methods[name]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per row (average ranks for ties; NaN where a row is constant).
+
+    Args:
+        a, b: (B, ...) maps.
+
+    Returns:
+        (B,) float64 correlations, on the CPU.
+    """
+    from scipy.stats import rankdata
+
+    ra = rankdata(a.detach().flatten(1).cpu().double().numpy(), axis=1)
+    rb = rankdata(b.detach().flatten(1).cpu().double().numpy(), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (ra * rb).sum(1) / np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+    return torch.from_numpy(r)
+
+
+def default_stages(net: nn.Module) -> list[str]:
+    """Top-level children with parameters (ModuleList / Sequential opened one level), top first.
+
+    EfficientNet-Lite0: _fc, _bn1, _conv_head, _blocks.15, ..., _blocks.0, _bn0, _conv_stem;
+    torchvision ResNet: fc, layer4.1, layer4.0, ..., layer1.0, bn1, conv1.
+    """
+    out = []
+    for name, child in net.named_children():
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            out += [(f"{name}.{n}", c) for n, c in child.named_children()]
+        else:
+            out.append((name, child))
+    return [n for n, c in out if next(c.parameters(), None) is not None][::-1]
+
+
+@dataclass
+class RandomizationResult:
+    """The cascading randomisation check (Adebayo et al. 2018) per image.
+
+    stages: the module names, top first; stage i has every module up to and including it
+        re-initialised.
+    similarity: (B, S) Spearman rank correlation of each stage's |map| with the original's.
+    original: (B, H, W) the trained network's map.
+    randomized: (B, S, H, W) the maps after each stage.
+    targets: (B,) the class explained (the trained network's, kept at every stage).
+    """
+
+    stages: list[str]
+    similarity: torch.Tensor
+    original: torch.Tensor
+    randomized: torch.Tensor
+    targets: torch.Tensor
+
+
+def randomization_check(model, x, method="guided_backprop", target=None,
+                        stages: Sequence[str] | None = None, seed: int = 0) -> RandomizationResult:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018, "Sanity Checks").
+
+    A deep copy of the network (never the user's) has its modules re-initialised from the top
+    down (`reset_parameters()` of every submodule; BatchNorm statistics reset too), one stage at
+    a time, cumulatively; after each stage the map is drawn again for the same class and compared
+    with the trained network's map by Spearman rank correlation of |map|. A map that explains the
+    network should decorrelate fast; one that stays high is describing the image, not the model.
+
+    Args:
+        model: `Model` or nn.Module.
+        x: (B, 3, H, W) images in [0, 1].
+        method: one of `METHODS` (aliases guided, ig, ixg) or a callable (model, x, target) ->
+            (B, H, W) or (B, C, H, W) map.
+        target: class per image, or None for the trained network's top-1.
+        stages: module names to re-initialise in order (default `default_stages`).
+        seed: seed of the re-initialisation.
+
+    Returns:
+        `RandomizationResult`: similarity (B, S), maps, stage names.
+
+    Example:
+        >>> r = randomization_check(load_model(), x, "saliency"); r.similarity.shape
+        torch.Size([1, 21])
+    """
+    fn = map_method(method)
+    m, x = prepare(model, x)
+    with session(m):
+        targets = _targets(m, x, target)
+
+    def draw(model_):
+        out = fn(model_, x, targets)
+        if out.dim() == 4:
+            out = out.abs().amax(1)
+        return out.abs().detach()
+
+    original = draw(m)
+    net = copy.deepcopy(m.module)
+    twin = Model(net, m.mean, m.std, m.input_size, m.labels, m.name)
+    names = list(stages) if stages is not None else default_stages(net)
+    if not names:
+        raise FastvizError("stages: the model has no module with parameters to randomise")
+    modules = [twin.layer(n) for n in names]
+    maps = []
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for module in modules:
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+                if hasattr(sub, "reset_running_stats"):
+                    sub.reset_running_stats()
+            maps.append(draw(twin).cpu())
+    randomized = torch.stack(maps, 1)
+    original = original.cpu()
+    sim = torch.stack([spearman(original, randomized[:, i]) for i in range(len(names))], 1)
+    return RandomizationResult(names, sim, original, randomized, targets.cpu())
