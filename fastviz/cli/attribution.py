@@ -1,4 +1,4 @@
-"""`fastviz predict | saliency | guided | layers`."""
+"""`fastviz predict | saliency | guided | deconvnet | input-x-gradient | layers`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def register(sub) -> None:
     p.set_defaults(func=run_predict)
 
     for name, helptext in (("saliency", "saliency maps (|d score / d pixel|, max over RGB)"),
-                           ("guided", "guided backpropagation images")):
+                           ("guided", "guided backpropagation images"),
+                           ("deconvnet", "deconvnet images (Zeiler & Fergus: ReLU backward = relu(gradient))"),
+                           ("input-x-gradient", "input x gradient images (signed, per channel)")):
         p = sub.add_parser(name, help=helptext)
         _add_files(p)
         add_model_args(p)
@@ -71,6 +73,10 @@ def explain(model, files: list[Path], out: Path, methods, target=None, batch_siz
             maps["saliency"] = attribution.saliency(model, x, t).cpu()
         if "guided" in methods:
             maps["guided"] = attribution.guided_backprop(model, x, t).cpu()
+        if "deconvnet" in methods:
+            maps["deconvnet"] = attribution.deconvnet(model, x, t).cpu()
+        if "input-x-gradient" in methods:
+            maps["input-x-gradient"] = attribution.input_x_gradient(model, x, t).cpu()
         x = x.cpu()
         for j, f in enumerate(chunk):
             stem = slug(f.stem)
@@ -79,8 +85,10 @@ def explain(model, files: list[Path], out: Path, methods, target=None, batch_siz
                 s = maps["saliency"][j]
                 image.save_image(image.heatmap(s, normalize_mode="percentile"), out / f"{stem}_saliency.png")
                 image.save_image(image.overlay(x[j], s, normalize_mode="percentile"), out / f"{stem}_saliency_overlay.png")
-            if "guided" in maps:
-                image.save_image(image.normalize(maps["guided"][j], "signed"), out / f"{stem}_guided.png")
+            for name in ("guided", "deconvnet", "input-x-gradient"):  # signed images
+                if name in maps:
+                    image.save_image(image.normalize(maps[name][j], "signed"),
+                                     out / f"{stem}_{name.replace('-', '_')}.png")
             results[str(f)] = [{"class": c, "label": lab, "probability": round(p, 5)} for c, lab, p in preds[j]]
     (out / "predictions.json").write_text(json.dumps(results, indent=2))
     return results
