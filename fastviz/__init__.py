@@ -3,6 +3,7 @@
 Inputs are images in [0, 1], (B, 3, H, W); the `Model` wrapper normalises them for the network.
 """
 
+from .atlas import AtlasResult, atlas
 from .attribution import gradient, guided_backprop, neuron_gradient, predict, saliency
 from .averaged import IGResult, integrated_gradients, smoothgrad
 from .cam import gradcam, guided_gradcam, layercam, scorecam
@@ -22,6 +23,8 @@ from .targets import Neuron
 __version__ = "0.1.0"
 
 __all__ = [
+    "atlas",
+    "AtlasResult",
     "as_model",
     "channel",
     "class_model",
