@@ -597,6 +597,8 @@ def _plan(m, out: Path, classes, layers, channels, steps, seed, batch_size, forc
     for g in groups:
         for sub in {str(Path(n).parent) for n in g.names}:
             (out / sub).mkdir(parents=True, exist_ok=True)
+            for tmp in (out / sub).glob(".*.tmp"):  # a PNG cut short by a killed run
+                tmp.unlink(missing_ok=True)
     _write_atomic(out / SETTINGS, json.dumps({"settings": settings, "versions": versions}, indent=1,
                                               sort_keys=True).encode())
     done = [t for t in _records(out)]
@@ -621,7 +623,7 @@ figcaption{font-size:11px;overflow:hidden;text-overflow:ellipsis;white-space:now
 #view{position:fixed;inset:0;background:rgba(0,0,0,.85);display:none;align-items:center;justify-content:center;z-index:2}
 #view.open{display:flex}
 #card{background:#222;padding:16px;display:flex;gap:16px;align-items:flex-start;max-width:95vw}
-#card img{max-width:60vw;max-height:85vh;image-rendering:pixelated}
+#card img{width:448px;max-width:60vw;max-height:85vh;object-fit:contain;image-rendering:pixelated}
 svg text{fill:#bbb;font-size:11px}
 </style></head><body>
 <header><b>fastviz atlas</b>
