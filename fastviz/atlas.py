@@ -433,7 +433,7 @@ def _write_batch(out: Path, part: Path, lock: threading.Lock, pixels, records: l
     for arr, rec in zip(pixels, records):
         path = out / rec["file"]
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)  # 2x faster than 6, +13% bytes
         os.replace(tmp, path)
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     with lock, open(part, "a") as f:
@@ -476,7 +476,8 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
             on rank 0 (doubling while targets/s rise by > 5%).
         device: where to render; under torchrun with CUDA, default cuda:LOCAL_RANK.
         force: start over in a directory whose settings differ (the old manifest is dropped).
-        progress: a bar on rank 0 (True), none (False), or progress(done, total) in targets.
+        progress: a bar on rank 0 (True), none (False), or progress(done, total) in targets
+            (called on rank 0 from the PNG-writing thread, after each batch is on disk).
         timeout: seconds the ranks wait for each other in a collective.
         **kwargs: passed to `class_model` / `feature` (reg, lr, jitter, size, backend, ...).
             They are settings: a rerun with other values is refused unless `force`.
@@ -504,13 +505,15 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
     out = Path(out)
     with _distributed(device, timeout) as (d, dev), on_device(m, dev):
         # Rank 0 plans; the others take its plan (or its error).
-        plan = None
+        plan, failure = None, None
         if d.rank == 0:
             try:
                 plan = _plan(m, out, classes, layers, channels, steps, seed, batch_size, force, kwargs, fastviz)
-            except FastvizError as e:
-                plan = {"error": str(e)}
+            except Exception as e:  # every rank must hear of it, or they wait in the broadcast
+                plan, failure = {"error": f"{e}" if isinstance(e, FastvizError) else f"rank 0: {e!r}"}, e
         plan = d.broadcast(plan)
+        if failure is not None:
+            raise failure
         if "error" in plan:
             raise FastvizError(plan["error"])
         groups, bs, settings, versions = plan["groups"], plan["batch_size"], plan["settings"], plan["versions"]

@@ -48,8 +48,12 @@ def tiny():
 
 if __name__ == "__main__":
     out, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # "slow": the progress callback (called after each batch is written) sleeps, so that a test
+    # can kill the run halfway on any machine; it does not change what is rendered.
+    slow = len(sys.argv) > 4 and sys.argv[4] == "slow"
+    import time
     r = fv.atlas(tiny(), out, classes="all", layers=["features.3"], steps=steps, batch_size=batch,
-                 jitter=2, progress=False)
+                 jitter=2, progress=(lambda done, total: time.sleep(0.3)) if slow else False)
     print("RESULT " + json.dumps({"rendered": r.rendered, "skipped": r.skipped, "total": r.total,
                                   "world": r.world_size}))
 '''
@@ -154,7 +158,7 @@ def test_two_ranks_under_torchrun_equal_one_process(script, reference, tmp_path)
 
 def test_killed_run_resumes_each_target_once(script, reference, tmp_path):
     out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, str(script), str(out), str(STEPS), str(BATCH)], env=env(),
+    p = subprocess.Popen([sys.executable, str(script), str(out), str(STEPS), str(BATCH), "slow"], env=env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     part = out / "manifest.rank0.jsonl"
     deadline = time.monotonic() + 120
