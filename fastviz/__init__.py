@@ -3,6 +3,7 @@
 Inputs are images in [0, 1], (B, 3, H, W); the `Model` wrapper normalises them for the network.
 """
 
+from .atlas import AtlasResult, atlas
 from .attribution import (deconvnet, gradient, guided_backprop, input_x_gradient, neuron_gradient,
                           predict, saliency)
 from .averaged import IGResult, integrated_gradients, smoothgrad
@@ -25,6 +26,8 @@ from .targets import Neuron
 __version__ = "0.1.0"
 
 __all__ = [
+    "atlas",
+    "AtlasResult",
     "as_model",
     "channel",
     "class_model",

@@ -4,6 +4,8 @@ Each case runs on a network that starts in *training* mode with some parameters 
 inplace ReLU, so that a call which forgets to restore eval/requires_grad/inplace is caught.
 """
 
+import tempfile
+
 import pytest
 import torch
 from torch import nn
@@ -83,6 +85,17 @@ BAD_CALLS += [
     ("smoothgrad n", lambda m: fv.smoothgrad(m, X, n=0)),
     ("integrated_gradients method", lambda m: fv.integrated_gradients(m, X, method="simpson")),
     ("embed too few", lambda m: fv.embed(m, torch.rand(2, 3, 32, 32), method="tsne")),
+]
+
+# The atlas writes into a fresh directory per call.
+CALLS += [
+    ("atlas", lambda m: fv.atlas(m, tempfile.mkdtemp(), classes=[1, 2], layers="features.3", channels=[0],
+                                 steps=2, batch_size=2, progress=False)),
+]
+BAD_CALLS += [
+    ("atlas classes", lambda m: fv.atlas(m, tempfile.mkdtemp(), classes=[10], steps=1)),
+    ("atlas nan in the loop", lambda m: fv.atlas(m, tempfile.mkdtemp(), classes=[1], steps=1, batch_size=1,
+                                                 lr=float("nan"), progress=False)),
 ]
 
 

@@ -1,0 +1,78 @@
+"""`fastviz atlas`: every class and/or every channel of some layers into one directory.
+
+Works under torchrun: `torchrun --nproc-per-node 8 -m fastviz atlas --classes all --out DIR`.
+"""
+
+from __future__ import annotations
+
+from ..atlas import atlas
+from ..errors import FastvizError
+from ..regularizers import Yosinski
+from .common import add_model_args, model_from_args, pick_device
+from .synthesis import _add_reg_args, _reg
+
+
+def _indices(values: list[str] | None, what: str):
+    """'all' or integers (space- or comma-separated) -> 'all' | list[int] | None."""
+    if not values:
+        return None
+    if values == ["all"]:
+        return "all"
+    try:
+        return [int(v) for part in values for v in part.split(",") if v]
+    except ValueError as e:
+        raise FastvizError(f"--{what}: expected 'all' or indices, got {' '.join(values)!r}") from e
+
+
+def register(sub) -> None:
+    p = sub.add_parser("atlas", help="render every class / channel into a directory with a gallery "
+                                     "(resumable; shards under torchrun)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="all|N",
+                   help="'all' or class indices: one class model each")
+    p.add_argument("--layers", nargs="+", default=[], metavar="LAYER", help="layers whose channels to render")
+    p.add_argument("--channels", nargs="+", default=["all"], metavar="all|N",
+                   help="'all' (default) or channel indices, for every --layers")
+    p.add_argument("--out", required=True, help="the atlas directory (rerun the same command to resume)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batch (default: the atlas's recorded size, else measured once)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--size", type=int, default=None, help="image size (default: the model's input size)")
+    p.add_argument("--backend", default="auto", choices=("auto", "eager", "graph"))
+    p.add_argument("--force", action="store_true", help="start over where the directory's settings differ")
+    p.add_argument("--no-progress", action="store_true")
+    add_model_args(p)
+    _add_reg_args(p)
+    p.set_defaults(func=run_atlas)
+
+
+def run_atlas(args) -> int:
+    import os
+
+    classes = _indices(args.classes, "classes")
+    channels = _indices(args.channels, "channels")
+    if classes is None and not args.layers:
+        raise FastvizError("give --classes and/or --layers")
+    # Under torchrun the rank picks its GPU (LOCAL_RANK); load on the CPU and let atlas move it.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.device is None:
+        device, args.device = None, "cpu"
+    else:
+        device = pick_device(args.device)
+    model = model_from_args(args)
+    kw = dict(backend=args.backend) if args.backend != "auto" else {}
+    if _reg(args) != Yosinski():  # the defaults stay implicit, so Python and CLI runs resume each other
+        kw["reg"] = _reg(args)
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    if args.size is not None:
+        kw["size"] = args.size
+    r = atlas(model, args.out, classes=classes, layers=args.layers, channels=channels,
+               steps=args.steps, seed=args.seed, batch_size=args.batch_size, device=device,
+               force=args.force, progress=not args.no_progress, **kw)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"atlas: {r.rendered} rendered, {r.skipped} already done, {r.total} in {r.out}/ "
+              f"(batch {r.batch_size}, {r.world_size} process{'es' if r.world_size > 1 else ''}, "
+              f"{r.seconds:.1f} s); open {r.index}")
+    return 0
