@@ -4,22 +4,23 @@ Reference (the oracle the tests compare against, the definition): ``fastviz.regu
 kth_smallest`` (NumPy's introselect on CPU, ``torch.kthvalue`` / ``torch.topk`` elsewhere). The
 Yosinski step (``fastviz.kernels.yosinski``) takes its two percentile thresholds from here.
 
-Each float is mapped to a 32-bit signed key with the same order (``_order_key``: positive floats
-keep their bits, negative ones flip all but the sign bit), so the k-th smallest value is the
+Each float is mapped to a 32-bit signed key with the same order (positive floats keep their
+bits, negative ones flip all but the sign bit), so the k-th smallest value is the
 float of the k-th smallest key, found a digit of ``RADIX_BITS`` bits at a time, top digit first:
 
 - ``_radix_hist_kernel`` (one launch per digit, ``32 / RADIX_BITS`` launches): many programs per
-  row; each first resolves, from the histograms of the digits before, which keys are still in the
-  running (those whose higher digits equal the k-th key's) and the rank left among them, then
-  histograms its tile's current digit of those keys (``tl.histogram``) and adds it to the row's
-  histogram with atomics (integer adds: the order of the adds cannot change the counts);
+  row; each first resolves which keys are still in the running (those whose higher digits equal
+  the k-th key's) and the rank left among them, from the last digit's histogram and the state
+  the last launch's program 0 stored beside it (this launch's program 0 stores the new state),
+  then histograms its tile's current digit of those keys (``tl.histogram``) and adds it to the
+  row's histogram with atomics (integer adds: their order cannot change the counts);
 - ``_radix_threshold_kernel`` (one program per row): resolves the last digit, writes the float.
 
 Counts are exact integers, so ties are exact: the result is the same value as ``kthvalue``'s
 (``-0.0`` and ``+0.0`` are two keys but compare equal, so a threshold made of either zeroes the
 same pixels). NaN is not supported. No host sync and a grid fixed by the shape: a select can be
-captured in a CUDA graph. Scratch: (B, 32 / RADIX_BITS, 2**RADIX_BITS) int32 histograms, zeroed
-by the launcher (or given by the caller, zeroed).
+captured in a CUDA graph. Scratch: (B, 32 / RADIX_BITS, 2**RADIX_BITS + 2) int32, per digit its
+histogram then the (prefix, rank) state before it; zeroed by the launcher, or given zeroed.
 
 With ``aux`` (the contribution clip after the norm clip): the values of the row are
 ``where(aux < aux_threshold[b], 0, v)``, computed as the map is read, never stored.
@@ -39,42 +40,28 @@ from fastviz.errors import FastvizError
 
 __all__ = ["kth_smallest_rows", "RADIX_BITS"]
 
-RADIX_BITS = 8  # 4 digits of 256 bins; must divide 32
+RADIX_BITS = 8  # 4 digits of 256 bins; must divide 32 into at least 2 digits
 
 
 @triton.jit
-def _order_key(v):
-    # float32 -> int32 with the same order: positive floats keep their bits; negative ones are
-    # mirrored (flip the 31 low bits), which puts them below, in reverse order of magnitude.
-    bits = v.to(tl.int32, bitcast=True)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def _resolve(
-    hist_ptr,  # (B, PASSES, RADIX) int32 histograms of the row, digits 0..DONE-1 complete
-    row,  # row index b
-    k,  # 1-based rank in the row
-    DONE: tl.constexpr,  # digits already histogrammed
-    PASSES: tl.constexpr,  # 32 // RADIX_BITS
+def _resolve_digit(
+    slot_ptr,  # int32 slot of one row and digit: RADIX bin counts (then the state, not read here)
+    prefix,  # the k-th key's digits above this one (signed, the key >> the bits below them)
+    rank,  # the k-th key's rank among the keys with that prefix
+    FIRST: tl.constexpr,  # this is the top digit (signed: bin 0 is -RADIX / 2)
     RADIX_BITS: tl.constexpr,
 ):
-    # Returns (prefix, rank): the k-th key's top DONE digits as a signed int32 (the key >> the
-    # bits not yet resolved, arithmetic shift) and the rank of the k-th key among the keys with
-    # that prefix.
+    # The k-th key's digit is the bin where the running count reaches the rank: returns the
+    # prefix with that digit appended, and the rank left among the keys in that bin.
     RADIX: tl.constexpr = 1 << RADIX_BITS
-    bins = tl.arange(0, RADIX)
-    prefix = k * 0
-    rank = k
-    for p in tl.static_range(DONE):
-        h = tl.load(hist_ptr + (row.to(tl.int64) * PASSES + p) * RADIX + bins)
-        below = tl.cumsum(h, 0) < rank  # bins wholly below the rank-th key
-        digit = tl.sum(below.to(tl.int32), 0)
-        rank = rank - tl.sum(tl.where(below, h, 0), 0)
-        if p == 0:
-            prefix = digit - RADIX // 2  # the top digit is signed
-        else:
-            prefix = (prefix << RADIX_BITS) | digit
+    h = tl.load(slot_ptr + tl.arange(0, RADIX))
+    below = tl.cumsum(h, 0) < rank  # bins wholly below the rank-th key
+    digit = tl.sum(below.to(tl.int32), 0)
+    rank = rank - tl.sum(tl.where(below, h, 0), 0)
+    if FIRST:
+        prefix = digit - RADIX // 2
+    else:
+        prefix = (prefix << RADIX_BITS) | digit
     return prefix, rank
 
 
@@ -83,7 +70,7 @@ def _radix_hist_kernel(
     v_ptr,  # (B, N) float32 values, contiguous
     aux_ptr,  # (B, N) float32, read when USE_AUX: a value counts as 0 where aux < aux_t[b]
     aux_t_ptr,  # (B,) float32 thresholds of aux, read when USE_AUX
-    hist_ptr,  # (B, PASSES, RADIX) int32, zero at the first digit; digit PASS is added to
+    scratch_ptr,  # (B, PASSES, RADIX + 2) int32, zero before the first digit (see the launcher)
     N,  # values per row
     k,  # 1-based rank
     PASS: tl.constexpr,  # which digit, 0 = top
@@ -96,8 +83,20 @@ def _radix_hist_kernel(
     pid = tl.program_id(0)  # tile within the row
     b = tl.program_id(1)  # row
     RADIX: tl.constexpr = 1 << RADIX_BITS
+    SLOT: tl.constexpr = RADIX + 2
     SHIFT: tl.constexpr = 32 - RADIX_BITS * (PASS + 1)  # this digit's lowest bit
-    prefix, rank = _resolve(hist_ptr, b, k, PASS, PASSES, RADIX_BITS)
+    rows = scratch_ptr + b.to(tl.int64) * (PASSES * SLOT)
+    # Which keys are still in the running: the k-th key's digits above this one, from the last
+    # digit's histogram and the state the program 0 of the last launch left beside it.
+    prefix = k * 0
+    rank = k
+    if PASS >= 2:
+        prefix = tl.load(rows + (PASS - 1) * SLOT + RADIX)
+        rank = tl.load(rows + (PASS - 1) * SLOT + RADIX + 1)
+    if PASS >= 1:
+        prefix, rank = _resolve_digit(rows + (PASS - 1) * SLOT, prefix, rank, PASS == 1, RADIX_BITS)
+        tl.store(rows + PASS * SLOT + RADIX, prefix, mask=pid == 0)
+        tl.store(rows + PASS * SLOT + RADIX + 1, rank, mask=pid == 0)
     row = b.to(tl.int64) * N
     if USE_AUX:
         aux_t = tl.load(aux_t_ptr + b)
@@ -109,7 +108,10 @@ def _radix_hist_kernel(
         if USE_AUX:
             a = tl.load(aux_ptr + row + offs, mask=valid, other=0.0)
             v = tl.where(a < aux_t, 0.0, v)
-        key = _order_key(v)
+        # float32 -> int32 with the same order: positive floats keep their bits; negative ones
+        # are mirrored (the 31 low bits flipped), below them in reverse order of magnitude.
+        key = v.to(tl.int32, bitcast=True)
+        key = key ^ ((key >> 31) & 0x7FFFFFFF)
         if PASS == 0:
             digit = (key >> SHIFT) + RADIX // 2
         else:
@@ -117,21 +119,25 @@ def _radix_hist_kernel(
             digit = (key >> SHIFT) & (RADIX - 1)
         digit = tl.where(valid, digit, 0)
         counts += tl.histogram(digit, RADIX, mask=valid)
-    bins = tl.arange(0, RADIX)
-    tl.atomic_add(hist_ptr + (b.to(tl.int64) * PASSES + PASS) * RADIX + bins, counts, mask=counts > 0)
+    tl.atomic_add(rows + PASS * SLOT + tl.arange(0, RADIX), counts, mask=counts > 0)
 
 
 @triton.jit
 def _radix_threshold_kernel(
-    hist_ptr,  # (B, PASSES, RADIX) int32 complete histograms
+    scratch_ptr,  # (B, PASSES, RADIX + 2) int32: every digit's histogram, complete
     out_ptr,  # (B,) float32, written: the k-th smallest value of each row
     k,  # 1-based rank
     PASSES: tl.constexpr,
     RADIX_BITS: tl.constexpr,
 ):
     b = tl.program_id(0)
-    key, rank = _resolve(hist_ptr, b, k, PASSES, PASSES, RADIX_BITS)
-    bits = key ^ ((key >> 31) & 0x7FFFFFFF)  # _order_key is its own inverse
+    RADIX: tl.constexpr = 1 << RADIX_BITS
+    SLOT: tl.constexpr = RADIX + 2
+    last = scratch_ptr + b.to(tl.int64) * (PASSES * SLOT) + (PASSES - 1) * SLOT
+    prefix = tl.load(last + RADIX)
+    rank = tl.load(last + RADIX + 1)
+    key, rank = _resolve_digit(last, prefix, rank, False, RADIX_BITS)
+    bits = key ^ ((key >> 31) & 0x7FFFFFFF)  # the order key is its own inverse
     tl.store(out_ptr + b, bits.to(tl.float32, bitcast=True))
 
 
@@ -169,8 +175,8 @@ def kth_smallest_rows(
             counts as 0.
         aux_threshold: (B,) float32, with ``aux``.
         out: optional (B,) float32 tensor to write.
-        scratch: optional (B, 32 // RADIX_BITS, 2 ** RADIX_BITS) int32 histograms; must be zero
-            (it is left holding the histograms). Default: allocated and zeroed here.
+        scratch: optional (B, 32 // RADIX_BITS, 2 ** RADIX_BITS + 2) int32; must be zero (it is
+            left holding the histograms and states). Default: allocated and zeroed here.
     Returns:
         (B,) float32 k-th smallest value of each row (``out`` if given).
     Raises:
@@ -187,7 +193,7 @@ def kth_smallest_rows(
         raise FastvizError(f"k must be an int in [1, {N}], got {k!r}")
     v = v.contiguous()
     passes = 32 // RADIX_BITS
-    radix = 1 << RADIX_BITS
+    slot = (1 << RADIX_BITS) + 2
     if (aux is None) != (aux_threshold is None):
         raise FastvizError("aux and aux_threshold go together: give both or neither")
     if aux is not None:
@@ -199,9 +205,9 @@ def kth_smallest_rows(
                                f"{aux_threshold.dtype} of shape {tuple(aux_threshold.shape)}")
         aux, aux_threshold = aux.contiguous(), aux_threshold.contiguous()
     if scratch is None:
-        scratch = torch.zeros((B, passes, radix), device=v.device, dtype=torch.int32)
-    elif scratch.shape != (B, passes, radix) or scratch.dtype != torch.int32 or not scratch.is_contiguous():
-        raise FastvizError(f"scratch must be a contiguous int32 tensor of shape {(B, passes, radix)}, "
+        scratch = torch.zeros((B, passes, slot), device=v.device, dtype=torch.int32)
+    elif scratch.shape != (B, passes, slot) or scratch.dtype != torch.int32 or not scratch.is_contiguous():
+        raise FastvizError(f"scratch must be a contiguous int32 tensor of shape {(B, passes, slot)}, "
                            f"got {scratch.dtype} of shape {tuple(scratch.shape)}")
     if out is None:
         out = torch.empty(B, device=v.device, dtype=torch.float32)

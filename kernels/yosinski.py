@@ -285,8 +285,8 @@ def yosinski_step(
 
     t1 = t2 = x
     if select == "radix":
-        # One zeroed scratch for both selects: (2, B, digits, bins) int32 histograms.
-        scratch = torch.zeros((2, B, 32 // RADIX_BITS, 1 << RADIX_BITS), device=x.device, dtype=torch.int32)
+        # One zeroed scratch for both selects: (2, B, digits, bins + 2) int32 histograms + states.
+        scratch = torch.zeros((2, B, 32 // RADIX_BITS, (1 << RADIX_BITS) + 2), device=x.device, dtype=torch.int32)
         if use_norm:
             t1 = kth_smallest_rows(n2, percentile_rank(reg.norm_percentile, HW), scratch=scratch[0])
         if use_contrib:
