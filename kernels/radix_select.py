@@ -101,7 +101,7 @@ def _radix_hist_kernel(
     if USE_AUX:
         aux_t = tl.load(aux_t_ptr + b)
     counts = tl.zeros([RADIX], dtype=tl.int32)
-    for i in tl.static_range(ITERS):
+    for i in range(ITERS):  # a loop, not unrolled: ITERS may be 16
         offs = (pid * ITERS + i) * BLOCK + tl.arange(0, BLOCK)
         valid = offs < N
         v = tl.load(v_ptr + row + offs, mask=valid, other=0.0)

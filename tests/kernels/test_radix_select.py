@@ -115,6 +115,23 @@ def test_select_masked_by_aux_equals_masking_first(p):
         assert got[0] == v[0].kthvalue(k).values  # a constant aux masks nothing
 
 
+def test_select_many_programs_per_row(monkeypatch):
+    """The GPU tiling: several programs per row (here 4, of 2 iterations of 256 values), each
+    adding its tile's counts with atomics and reading the state the last launch's program 0
+    stored (the interpreter otherwise runs one program per row)."""
+    monkeypatch.setattr(radix_select, "_tiling", lambda B, N: (256, 2, 4))
+    seed = torch.seed()
+    gen = torch.Generator().manual_seed(seed)
+    N = 2001
+    v = torch.cat([norm_like(1, N, gen), tie_rows(N, gen)[2:4]])
+    for k in (1, 700, N):
+        assert_same(select(v, k), kth_smallest(v, k), f"seed {seed}, k={k}")
+    aux = torch.rand(v.shape, generator=gen)
+    t = kth_smallest(aux, 600)
+    want = kth_smallest(torch.where(aux < t.unsqueeze(1), 0.0, v), 700)
+    assert_same(select(v, 700, aux=aux, aux_threshold=t), want, f"seed {seed}, masked")
+
+
 def test_select_fills_a_given_scratch():
     v = torch.rand(2, 300)
     scratch = torch.zeros(2, 32 // radix_select.RADIX_BITS, (1 << radix_select.RADIX_BITS) + 2, dtype=torch.int32)
