@@ -8,7 +8,7 @@ Each float is mapped to a 32-bit signed key with the same order (positive floats
 bits, negative ones flip all but the sign bit), so the k-th smallest value is the
 float of the k-th smallest key, found a digit of ``RADIX_BITS`` bits at a time, top digit first:
 
-- ``_radix_hist_kernel`` (one launch per digit, ``32 / RADIX_BITS`` launches): many programs per
+- ``_radix_hist_kernel`` (one launch per digit, ``ceil(32 / RADIX_BITS)`` launches): many programs per
   row; each first resolves which keys are still in the running (those whose higher digits equal
   the k-th key's) and the rank left among them, from the last digit's histogram and the state
   the last launch's program 0 stored beside it (this launch's program 0 stores the new state),
@@ -19,7 +19,7 @@ float of the k-th smallest key, found a digit of ``RADIX_BITS`` bits at a time, 
 Counts are exact integers, so ties are exact: the result is the same value as ``kthvalue``'s
 (``-0.0`` and ``+0.0`` are two keys but compare equal, so a threshold made of either zeroes the
 same pixels). NaN is not supported. No host sync and a grid fixed by the shape: a select can be
-captured in a CUDA graph. Scratch: (B, 32 / RADIX_BITS, 2**RADIX_BITS + 2) int32, per digit its
+captured in a CUDA graph. Scratch: (B, digits, 2**RADIX_BITS + 2) int32, per digit its
 histogram then the (prefix, rank) state before it; zeroed by the launcher, or given zeroed.
 
 With ``aux`` (the contribution clip after the norm clip): the values of the row are
@@ -38,9 +38,9 @@ from torch import Tensor
 
 from fastviz.errors import FastvizError
 
-__all__ = ["kth_smallest_rows", "RADIX_BITS"]
+__all__ = ["kth_smallest_rows", "scratch_shape", "RADIX_BITS"]
 
-RADIX_BITS = 8  # 4 digits of 256 bins; must divide 32 into at least 2 digits
+RADIX_BITS = 8  # the default: 4 digits of 256 bins (11: 3 digits of 2048, 2048, 1024 bins)
 
 
 @triton.jit
@@ -49,7 +49,8 @@ def _resolve_digit(
     prefix,  # the k-th key's digits above this one (signed, the key >> the bits below them)
     rank,  # the k-th key's rank among the keys with that prefix
     FIRST: tl.constexpr,  # this is the top digit (signed: bin 0 is -RADIX / 2)
-    RADIX_BITS: tl.constexpr,
+    RADIX_BITS: tl.constexpr,  # bins: 2 ** RADIX_BITS
+    WIDTH: tl.constexpr,  # bits of this digit: RADIX_BITS, or fewer for the last digit
 ):
     # The k-th key's digit is the bin where the running count reaches the rank: returns the
     # prefix with that digit appended, and the rank left among the keys in that bin.
@@ -61,7 +62,7 @@ def _resolve_digit(
     if FIRST:
         prefix = digit - RADIX // 2
     else:
-        prefix = (prefix << RADIX_BITS) | digit
+        prefix = (prefix << WIDTH) | digit
     return prefix, rank
 
 
@@ -75,7 +76,8 @@ def _radix_hist_kernel(
     k,  # 1-based rank
     PASS: tl.constexpr,  # which digit, 0 = top
     PASSES: tl.constexpr,
-    RADIX_BITS: tl.constexpr,
+    RADIX_BITS: tl.constexpr,  # bits of every digit but the last
+    WIDTH: tl.constexpr,  # bits of this digit: RADIX_BITS, or fewer for the last digit
     USE_AUX: tl.constexpr,
     BLOCK: tl.constexpr,  # values per iteration
     ITERS: tl.constexpr,  # iterations per program: a program reads BLOCK * ITERS values
@@ -84,7 +86,7 @@ def _radix_hist_kernel(
     b = tl.program_id(1)  # row
     RADIX: tl.constexpr = 1 << RADIX_BITS
     SLOT: tl.constexpr = RADIX + 2
-    SHIFT: tl.constexpr = 32 - RADIX_BITS * (PASS + 1)  # this digit's lowest bit
+    SHIFT: tl.constexpr = 32 - RADIX_BITS * PASS - WIDTH  # this digit's lowest bit
     rows = scratch_ptr + b.to(tl.int64) * (PASSES * SLOT)
     # Which keys are still in the running: the k-th key's digits above this one, from the last
     # digit's histogram and the state the program 0 of the last launch left beside it.
@@ -94,7 +96,7 @@ def _radix_hist_kernel(
         prefix = tl.load(rows + (PASS - 1) * SLOT + RADIX)
         rank = tl.load(rows + (PASS - 1) * SLOT + RADIX + 1)
     if PASS >= 1:
-        prefix, rank = _resolve_digit(rows + (PASS - 1) * SLOT, prefix, rank, PASS == 1, RADIX_BITS)
+        prefix, rank = _resolve_digit(rows + (PASS - 1) * SLOT, prefix, rank, PASS == 1, RADIX_BITS, RADIX_BITS)
         tl.store(rows + PASS * SLOT + RADIX, prefix, mask=pid == 0)
         tl.store(rows + PASS * SLOT + RADIX + 1, rank, mask=pid == 0)
     row = b.to(tl.int64) * N
@@ -115,8 +117,8 @@ def _radix_hist_kernel(
         if PASS == 0:
             digit = (key >> SHIFT) + RADIX // 2
         else:
-            valid = valid & ((key >> (SHIFT + RADIX_BITS)) == prefix)
-            digit = (key >> SHIFT) & (RADIX - 1)
+            valid = valid & ((key >> (SHIFT + WIDTH)) == prefix)
+            digit = (key >> SHIFT) & ((1 << WIDTH) - 1)
         digit = tl.where(valid, digit, 0)
         counts += tl.histogram(digit, RADIX, mask=valid)
     tl.atomic_add(rows + PASS * SLOT + tl.arange(0, RADIX), counts, mask=counts > 0)
@@ -129,6 +131,7 @@ def _radix_threshold_kernel(
     k,  # 1-based rank
     PASSES: tl.constexpr,
     RADIX_BITS: tl.constexpr,
+    LAST_WIDTH: tl.constexpr,  # bits of the last digit
 ):
     b = tl.program_id(0)
     RADIX: tl.constexpr = 1 << RADIX_BITS
@@ -136,7 +139,7 @@ def _radix_threshold_kernel(
     last = scratch_ptr + b.to(tl.int64) * (PASSES * SLOT) + (PASSES - 1) * SLOT
     prefix = tl.load(last + RADIX)
     rank = tl.load(last + RADIX + 1)
-    key, rank = _resolve_digit(last, prefix, rank, False, RADIX_BITS)
+    key, rank = _resolve_digit(last, prefix, rank, False, RADIX_BITS, LAST_WIDTH)
     bits = key ^ ((key >> 31) & 0x7FFFFFFF)  # the order key is its own inverse
     tl.store(out_ptr + b, bits.to(tl.float32, bitcast=True))
 
@@ -153,6 +156,11 @@ def _tiling(B: int, N: int) -> tuple:
     return BLOCK, iters, 4
 
 
+def scratch_shape(B: int, radix_bits: int = RADIX_BITS) -> tuple:
+    """Shape of one select's int32 scratch: (B, digits, 2 ** radix_bits bins + 2 state ints)."""
+    return (B, -(-32 // radix_bits), (1 << radix_bits) + 2)
+
+
 def kth_smallest_rows(
     v: Tensor,
     k: int,
@@ -161,6 +169,7 @@ def kth_smallest_rows(
     aux_threshold: Optional[Tensor] = None,
     out: Optional[Tensor] = None,
     scratch: Optional[Tensor] = None,
+    radix_bits: int = RADIX_BITS,
 ) -> Tensor:
     """Per-row k-th smallest value (1-based k), exact, by a radix select in Triton.
 
@@ -175,12 +184,15 @@ def kth_smallest_rows(
             counts as 0.
         aux_threshold: (B,) float32, with ``aux``.
         out: optional (B,) float32 tensor to write.
-        scratch: optional (B, 32 // RADIX_BITS, 2 ** RADIX_BITS + 2) int32; must be zero (it is
+        scratch: optional int32 tensor of ``scratch_shape(B, radix_bits)``; must be zero (it is
             left holding the histograms and states). Default: allocated and zeroed here.
+        radix_bits: bits a digit, 4 to 12: ``ceil(32 / radix_bits)`` passes over the map of
+            ``2 ** radix_bits`` bins each (8: 4 passes, the default; 11: 3 passes).
     Returns:
         (B,) float32 k-th smallest value of each row (``out`` if given).
     Raises:
-        FastvizError: shapes, dtypes or devices disagree, or k out of [1, N].
+        FastvizError: shapes, dtypes or devices disagree, k out of [1, N], radix_bits out of
+            [4, 12].
 
     Example:
         >>> kth_smallest_rows(torch.arange(10.0).view(1, 10), 3)  # doctest: +SKIP
@@ -191,9 +203,12 @@ def kth_smallest_rows(
     B, N = v.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= N:
         raise FastvizError(f"k must be an int in [1, {N}], got {k!r}")
+    if isinstance(radix_bits, bool) or not isinstance(radix_bits, int) or not 4 <= radix_bits <= 12:
+        raise FastvizError(f"radix_bits must be an int in [4, 12], got {radix_bits!r}")
     v = v.contiguous()
-    passes = 32 // RADIX_BITS
-    slot = (1 << RADIX_BITS) + 2
+    shape = scratch_shape(B, radix_bits)
+    passes = shape[1]
+    last_width = 32 - radix_bits * (passes - 1)
     if (aux is None) != (aux_threshold is None):
         raise FastvizError("aux and aux_threshold go together: give both or neither")
     if aux is not None:
@@ -205,9 +220,9 @@ def kth_smallest_rows(
                                f"{aux_threshold.dtype} of shape {tuple(aux_threshold.shape)}")
         aux, aux_threshold = aux.contiguous(), aux_threshold.contiguous()
     if scratch is None:
-        scratch = torch.zeros((B, passes, slot), device=v.device, dtype=torch.int32)
-    elif scratch.shape != (B, passes, slot) or scratch.dtype != torch.int32 or not scratch.is_contiguous():
-        raise FastvizError(f"scratch must be a contiguous int32 tensor of shape {(B, passes, slot)}, "
+        scratch = torch.zeros(shape, device=v.device, dtype=torch.int32)
+    elif scratch.shape != shape or scratch.dtype != torch.int32 or not scratch.is_contiguous():
+        raise FastvizError(f"scratch must be a contiguous int32 tensor of shape {shape}, "
                            f"got {scratch.dtype} of shape {tuple(scratch.shape)}")
     if out is None:
         out = torch.empty(B, device=v.device, dtype=torch.float32)
@@ -217,8 +232,11 @@ def kth_smallest_rows(
     for p in range(passes):
         _radix_hist_kernel[grid](
             v, aux if use_aux else v, aux_threshold if use_aux else v, scratch, N, k,
-            PASS=p, PASSES=passes, RADIX_BITS=RADIX_BITS, USE_AUX=use_aux,
+            PASS=p, PASSES=passes, RADIX_BITS=radix_bits,
+            WIDTH=radix_bits if p < passes - 1 else last_width, USE_AUX=use_aux,
             BLOCK=BLOCK, ITERS=ITERS, num_warps=num_warps,
         )
-    _radix_threshold_kernel[(B,)](scratch, out, k, PASSES=passes, RADIX_BITS=RADIX_BITS, num_warps=4)
+    _radix_threshold_kernel[(B,)](
+        scratch, out, k, PASSES=passes, RADIX_BITS=radix_bits, LAST_WIDTH=last_width, num_warps=4
+    )
     return out

@@ -43,7 +43,7 @@ from fastviz.regularizers import (
     kth_smallest,
     percentile_rank,
 )
-from fastviz.kernels.radix_select import RADIX_BITS, kth_smallest_rows
+from fastviz.kernels.radix_select import kth_smallest_rows, scratch_shape
 
 __all__ = ["yosinski_step"]
 
@@ -286,7 +286,7 @@ def yosinski_step(
     t1 = t2 = x
     if select == "radix":
         # One zeroed scratch for both selects: (2, B, digits, bins + 2) int32 histograms + states.
-        scratch = torch.zeros((2, B, 32 // RADIX_BITS, (1 << RADIX_BITS) + 2), device=x.device, dtype=torch.int32)
+        scratch = torch.zeros((2, *scratch_shape(B)), device=x.device, dtype=torch.int32)
         if use_norm:
             t1 = kth_smallest_rows(n2, percentile_rank(reg.norm_percentile, HW), scratch=scratch[0])
         if use_contrib:

@@ -132,9 +132,21 @@ def test_select_many_programs_per_row(monkeypatch):
     assert_same(select(v, 700, aux=aux, aux_threshold=t), want, f"seed {seed}, masked")
 
 
+@pytest.mark.parametrize("bits", [11, 12])
+def test_select_other_digit_widths(bits):
+    """Digits of other widths, a shorter last digit included (11: 11 + 11 + 10 bits)."""
+    seed = torch.seed()
+    gen = torch.Generator().manual_seed(seed)
+    N = 1001
+    v = torch.cat([tie_rows(N, gen), torch.randn(1, N, generator=gen), norm_like(1, N, gen)])
+    for k in (1, 333, N):
+        got = select(v, k, radix_bits=bits)
+        assert_same(got, kth_smallest(v, k), f"seed {seed}, {bits} bits, k={k}")
+
+
 def test_select_fills_a_given_scratch():
     v = torch.rand(2, 300)
-    scratch = torch.zeros(2, 32 // radix_select.RADIX_BITS, (1 << radix_select.RADIX_BITS) + 2, dtype=torch.int32)
+    scratch = torch.zeros(radix_select.scratch_shape(2), dtype=torch.int32)
     assert_same(select(v, 100, scratch=scratch), kth_smallest(v, 100), "given scratch")
     assert (scratch[:, 0, :-2].sum(1) == 300).all()  # the top digit's histogram counts every value
 
@@ -149,6 +161,8 @@ def test_select_bad_arguments_raise():
         radix_select.kth_smallest_rows(v.double(), 1)
     with pytest.raises(FastvizError, match="aux"):
         radix_select.kth_smallest_rows(v, 1, aux=v)
+    with pytest.raises(FastvizError, match="radix_bits"):
+        radix_select.kth_smallest_rows(v, 1, radix_bits=16)
     with pytest.raises(FastvizError, match="scratch"):
         radix_select.kth_smallest_rows(v, 1, scratch=torch.zeros(2, 3, 3, dtype=torch.int32))
 

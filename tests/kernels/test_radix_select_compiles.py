@@ -23,14 +23,19 @@ SCRIPT = textwrap.dedent(
 
     target = GPUTarget("cuda", 90, 32)
     hist = dict(v_ptr="*fp32", aux_ptr="*fp32", aux_t_ptr="*fp32", scratch_ptr="*i32", N="i32", k="i32",
-                PASS="constexpr", PASSES="constexpr", RADIX_BITS="constexpr", USE_AUX="constexpr",
-                BLOCK="constexpr", ITERS="constexpr")
-    for PASS, aux in ((0, False), (2, True)):
-        consts = dict(PASS=PASS, PASSES=4, RADIX_BITS=rs.RADIX_BITS, USE_AUX=aux, BLOCK=1024, ITERS=4)
+                PASS="constexpr", PASSES="constexpr", RADIX_BITS="constexpr", WIDTH="constexpr",
+                USE_AUX="constexpr", BLOCK="constexpr", ITERS="constexpr")
+    thr = dict(scratch_ptr="*i32", out_ptr="*fp32", k="i32", PASSES="constexpr", RADIX_BITS="constexpr",
+               LAST_WIDTH="constexpr")
+    # 8-bit digits (the default): the first and a middle digit; 11-bit: the short last digit
+    for bits, PASS, width, aux in ((8, 0, 8, False), (8, 2, 8, True), (11, 2, 10, True)):
+        passes = -(-32 // bits)
+        consts = dict(PASS=PASS, PASSES=passes, RADIX_BITS=bits, WIDTH=width, USE_AUX=aux, BLOCK=1024, ITERS=4)
         triton.compile(ASTSource(fn=rs._radix_hist_kernel, signature=hist, constexprs=consts), target=target)
-    thr = dict(scratch_ptr="*i32", out_ptr="*fp32", k="i32", PASSES="constexpr", RADIX_BITS="constexpr")
-    triton.compile(ASTSource(fn=rs._radix_threshold_kernel, signature=thr,
-                             constexprs=dict(PASSES=4, RADIX_BITS=rs.RADIX_BITS)), target=target)
+    for bits in (8, 11):
+        passes = -(-32 // bits)
+        consts = dict(PASSES=passes, RADIX_BITS=bits, LAST_WIDTH=32 - bits * (passes - 1))
+        triton.compile(ASTSource(fn=rs._radix_threshold_kernel, signature=thr, constexprs=consts), target=target)
     print("compiled")
     """
 )
