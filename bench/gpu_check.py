@@ -143,8 +143,8 @@ def main() -> int:
                          f"graph {g.get('replay_ms', nan):.3f} / {gt.get('replay_ms', nan):.3f} / "
                          f"{gr.get('replay_ms', nan):.3f} ms = {100 * c['copy_ms'] / g.get('replay_ms', nan):.0f}% of copy"))
         for name, c in k.get("select", {}).items():
-            rows.append((f"one threshold select {name}: radix / topk / kthvalue, ms",
-                         f"{c['radix_ms']:.3f} / {c['topk_ms']:.3f} / {c['kthvalue_ms']:.3f}"))
+            rows.append((f"one threshold select {name}: radix / topk / kthvalue / radix 11-bit, ms",
+                         f"{c['radix_ms']:.3f} / {c['topk_ms']:.3f} / {c['kthvalue_ms']:.3f} / {c['radix11_ms']:.3f}"))
         exact = all(v["exact"] for v in k.get("select_checks", {}).values())
         same = all(c.get("radix_equals_topk", False) for c in k["cases"].values())
         rows.append(("kernel exactness", f"radix select == kthvalue: {exact}; radix step == topk step: {same}; "

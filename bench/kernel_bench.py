@@ -7,7 +7,8 @@
   the step without the two clips (the floor the selects add to), the torch reference chain
   (``fastviz.regularizers.regularize_reference``) and a device-to-device copy that moves the same
   bytes; eagerly and replayed in a CUDA graph (the engine's graph backend replays it so);
-- the threshold select alone on (B, 50176) maps: radix vs topk vs kthvalue.
+- the threshold select alone on (B, 50176) maps: radix (8-bit digits, as the step uses, and
+  11-bit: 3 passes instead of 4) vs topk vs kthvalue.
 Rates are GB/s of the bytes a step must at least move: read x, read g, read d, write x (16 bytes a
 value); "% of copy" is copy time / step time. It also checks on CUDA that the kernel equals the
 reference on irregular shapes, that the radix select equals ``kthvalue`` exactly (ties, zeros,
@@ -114,7 +115,8 @@ def _select_checks(dev) -> dict:
 
 
 def bench_select(dev, batches=(8, 64)) -> dict:
-    """ms of one (B, 50176) threshold select: Triton radix vs topk vs kthvalue, eager and graph."""
+    """ms of one (B, 50176) threshold select: Triton radix (8-bit digits, the step's; and 11-bit)
+    vs topk vs kthvalue, eager and graph."""
     from triton.testing import do_bench
 
     from fastviz.kernels.radix_select import kth_smallest_rows
@@ -127,6 +129,7 @@ def bench_select(dev, batches=(8, 64)) -> dict:
         t = torch.empty(B, device=dev)
         fns = {
             "radix": lambda: kth_smallest_rows(v, k, out=t),
+            "radix11": lambda: kth_smallest_rows(v, k, out=t, radix_bits=11),
             "topk": lambda: t.copy_(kth_smallest(v, k)),
             "kthvalue": lambda: t.copy_(torch.kthvalue(v, k, dim=1).values),
         }
@@ -287,8 +290,9 @@ def table(report: dict) -> str:
         )
     for name, c in report.get("select", {}).items():
         graph = " / ".join(_ms(c.get(f"{m}_graph", {}).get("replay_ms")) for m in ("radix", "topk", "kthvalue"))
-        lines.append(f"| one select on {name} maps (radix, topk, kthvalue) | {_ms(c['radix_ms'])} | "
-                     f"{_ms(c['topk_ms'])} | kthvalue {_ms(c['kthvalue_ms'])} | | | | | | | {graph} | |")
+        lines.append(f"| one select on {name} maps (radix, topk, kthvalue; radix 11-bit) | {_ms(c['radix_ms'])} | "
+                     f"{_ms(c['topk_ms'])} | kthvalue {_ms(c['kthvalue_ms'])} | 11-bit {_ms(c['radix11_ms'])} "
+                     f"| | | | | | {graph} | |")
     checks = report.get("select_checks", {})
     exact = all(v["exact"] for v in checks.values()) if checks else None
     worst = max((c.get("max_abs_err", 0.0) for c in report["cases"].values()), default=float("nan"))
