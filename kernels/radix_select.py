@@ -226,6 +226,9 @@ def kth_smallest_rows(
                            f"got {scratch.dtype} of shape {tuple(scratch.shape)}")
     if out is None:
         out = torch.empty(B, device=v.device, dtype=torch.float32)
+    elif out.shape != (B,) or out.dtype != torch.float32 or out.device != v.device or not out.is_contiguous():
+        raise FastvizError(f"out must be a contiguous float32 tensor of shape ({B},) on {v.device}, "
+                           f"got {out.dtype} of shape {tuple(out.shape)} on {out.device}")
     BLOCK, ITERS, num_warps = _tiling(B, N)
     grid = (triton.cdiv(N, BLOCK * ITERS), B)
     use_aux = aux is not None

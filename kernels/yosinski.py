@@ -15,8 +15,9 @@ Passes over the image (N = B*C*H*W floats; maps are B*H*W):
   by the norm threshold, never stored masked. Verified under the interpreter only, not yet timed
   on a GPU. Before it (``select="topk"``, kept for the benchmark): ``torch.topk`` via
   ``fastviz.regularizers.kth_smallest``, measured on an H200 at 8x50176: topk 0.10 ms, kthvalue
-  0.19 ms, a one-program-per-image radix select (tried, removed: B programs leave the GPU idle)
-  0.20 ms; it took 85-89% of the step at 64x3x224x224;
+  0.19 ms, a one-program-per-image radix select (tried, removed; B programs likely left most
+  of the GPU idle) 0.20 ms; at 64x3x224x224 without blur the step took 0.341 ms (0.285 in a
+  graph) with the topk selects and 0.035 ms without the clips;
 - ``_clip_clamp_kernel`` (pass B): zeroes the clipped pixels and clamps, in place in ``out``.
 
 With both percentiles 0, pass A clamps and is the last pass. ``out`` may be ``x`` itself: pass A

@@ -161,6 +161,8 @@ def test_select_bad_arguments_raise():
         radix_select.kth_smallest_rows(v.double(), 1)
     with pytest.raises(FastvizError, match="aux"):
         radix_select.kth_smallest_rows(v, 1, aux=v)
+    with pytest.raises(FastvizError, match="out must be"):
+        radix_select.kth_smallest_rows(v, 1, out=torch.empty(3))
     with pytest.raises(FastvizError, match="radix_bits"):
         radix_select.kth_smallest_rows(v, 1, radix_bits=16)
     with pytest.raises(FastvizError, match="scratch"):
