@@ -5,9 +5,11 @@ in the table, the rest still runs; a deadline keeps the whole under `--budget` s
   floor   one forward + backward to the input, parameters frozen, per batch size
   loop    class models with the full Yosinski regularizer, eager vs CUDA graph, batch 1/8/64
   amp     the same with bf16 autocast for the network, graph, batch 64 and 256
-  kernel  the fused regularizer vs the torch chain vs a device copy (bench/kernel_bench.py)
+  kernel  the fused regularizer (radix-select thresholds) vs the same with topk thresholds vs the
+          torch chain vs a device copy, eager and graph; the select alone (bench/kernel_bench.py)
   1000    all 1000 ImageNet class models, 256 steps, in batches (projected if over the deadline)
-Writes results.json and class_models.png (100 of the 1000, 112 px) into --out.
+Writes results.json, kernel_table.md and class_models.png (100 of the 1000, 112 px) into --out.
+`--only kernel --quick-kernel` runs the kernel section alone, for a short device run.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="out/gpu_check")
     ap.add_argument("--budget", type=float, default=240.0, help="seconds for the whole script")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (floor,loop,amp,kernel,1000)")
+    ap.add_argument("--quick-kernel", action="store_true", help="kernel section: 64x3x224x224 only")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,10 +77,14 @@ def main() -> int:
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                  "triton": triton.__version__, "date": time.strftime("%Y-%m-%d")}
     rows: list[tuple[str, str]] = []
-    model = fv.load_model(device="cuda")
+    only = {name for name in args.only.split(",") if name}
+    # The kernel section needs no network: a kernel-only run loads none.
+    model = fv.load_model(device="cuda") if not only or only - {"kernel"} else None
     mem_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
 
     def section(name, fn):
+        if only and name not in only:
+            return
         if left(args.budget) < 20:
             rows.append((name, "skipped: out of time"))
             return
@@ -119,20 +127,28 @@ def main() -> int:
 
     def kernel():
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from kernel_bench import bench_kernel
+        from kernel_bench import bench_kernel, table
 
-        k = bench_kernel("cuda")
+        k = bench_kernel("cuda", quick=args.quick_kernel)
         res["kernel"] = k
+        (out / "kernel_table.md").write_text(table(k) + "\n")
+        print(table(k), flush=True)
         for name, c in k["cases"].items():
-            parts = {key: c.get(key) for key in ("kernel_ms", "reference_ms", "copy_ms", "kernel_gbps")}
-            graph = c.get("graph_kernel", {}) or {}
-            ref_graph = c.get("graph_reference", {}) or {}
-            rows.append((f"kernel {name}", f"{parts['kernel_ms']:.3f} ms vs torch {parts['reference_ms']:.3f} ms "
-                         f"({parts['reference_ms'] / parts['kernel_ms']:.2f}x), copy {parts['copy_ms']:.3f} ms, "
-                         f"{parts['kernel_gbps']:.0f} GB/s"
-                         + (f"; graph {graph.get('replay_ms', float('nan')):.3f} vs {ref_graph.get('replay_ms', float('nan')):.3f} ms"
-                            if graph else "")))
-        rows.append(("kernel max abs err vs reference", f"{max(c.get('max_abs_err', 0) for c in k['cases'].values()):.2e}"))
+            g, gt, gr = (c.get(key, {}) or {} for key in ("graph_kernel", "graph_kernel_topk", "graph_reference"))
+            nan = float("nan")
+            rows.append((f"kernel {name}: radix select / topk / torch chain / copy, ms",
+                         f"{c['kernel_ms']:.3f} / {c['kernel_topk_ms']:.3f} / {c['reference_ms']:.3f} / "
+                         f"{c['copy_ms']:.3f}; {c['kernel_gbps']:.0f} GB/s = {100 * c['fraction_of_copy']:.0f}% of copy, "
+                         f"{c['speedup_vs_reference']:.2f}x the chain, {c['speedup_vs_topk']:.2f}x topk; "
+                         f"graph {g.get('replay_ms', nan):.3f} / {gt.get('replay_ms', nan):.3f} / "
+                         f"{gr.get('replay_ms', nan):.3f} ms = {100 * c['copy_ms'] / g.get('replay_ms', nan):.0f}% of copy"))
+        for name, c in k.get("select", {}).items():
+            rows.append((f"one threshold select {name}: radix / topk / kthvalue / radix 11-bit, ms",
+                         f"{c['radix_ms']:.3f} / {c['topk_ms']:.3f} / {c['kthvalue_ms']:.3f} / {c['radix11_ms']:.3f}"))
+        exact = all(v["exact"] for v in k.get("select_checks", {}).values())
+        same = all(c.get("radix_equals_topk", False) for c in k["cases"].values())
+        rows.append(("kernel exactness", f"radix select == kthvalue: {exact}; radix step == topk step: {same}; "
+                     f"max abs err vs reference {max(c.get('max_abs_err', 0) for c in k['cases'].values()):.2e}"))
 
     def thousand():
         batch = 1000 if mem_gb > 70 else 250

