@@ -18,7 +18,9 @@ Each loop runs in three variants (`variant` in extra_info), all beside the same 
 - "eager": `lower=False`, the network as loaded (target <= 1.05);
 - "lowered": the default, `fastviz.lower` (BN folded, channels_last; target on the CPU <= 0.80
   at batch 1 and <= 0.60 at batch 8, fp32);
-- "lowered-bf16": the same with `amp=True` (bf16 autocast).
+- "lowered-bf16": the same with `amp=True` (bf16 autocast). Skipped on a CPU without native
+  bf16 (oneDNN's check; an AVX2-only CPU emulates it at ~12x the fp32 floor, so one batch-8 run
+  takes half an hour) unless FASTVIZ_BENCH_BF16=1.
 
     .venv/bin/python -m pytest bench/test_bench_render.py --benchmark-only \
         --benchmark-columns=median,iqr,ops
@@ -40,6 +42,14 @@ from conftest import paired
 STEPS = 8
 TARGET = 1.05
 VARIANTS = {"eager": {"lower": False}, "lowered": {}, "lowered-bf16": {"amp": True}}
+
+
+def _skip_emulated_bf16(variant: str, device) -> None:
+    if variant.endswith("bf16") and device.type == "cpu" and os.environ.get("FASTVIZ_BENCH_BF16") != "1":
+        import torch
+
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            pytest.skip("this CPU has no native bf16 (set FASTVIZ_BENCH_BF16=1 to time it anyway)")
 
 
 def _target(variant: str, batch: int) -> float:
@@ -85,6 +95,7 @@ def _render_bench(benchmark, setting, render_fn, floor_fn, batch, variant="eager
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("batch", BATCHES)
 def test_class_model(benchmark, model, floor, setting, device, batch, variant):
+    _skip_emulated_bf16(variant, device)
     classes = CLASSES[:batch]
     x = fv.load_images(list(fv.sample_images().values())[:1]).repeat(batch, 1, 1, 1).to(device)
     _render_bench(
@@ -96,6 +107,7 @@ def test_class_model(benchmark, model, floor, setting, device, batch, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("batch", [b for b in BATCHES if b in (1, 8)] or BATCHES[:1])
 def test_channel(benchmark, model, floor, setting, device, channel_layer, batch, variant):
+    _skip_emulated_bf16(variant, device)
     x = fv.load_images(list(fv.sample_images().values())[:1]).repeat(batch, 1, 1, 1).to(device)
     _render_bench(
         benchmark, setting,
