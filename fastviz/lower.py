@@ -29,6 +29,7 @@ weights per call, never per step. Memory: one copy of the weights and buffers pe
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -328,7 +329,9 @@ def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = Tru
         channels_last: put weights and input in channels_last (4-D inputs).
 
     Returns:
-        LoweredModel on x's device.
+        LoweredModel on x's device. If the copy cannot be made (a module that cannot be deep-copied),
+        a RuntimeWarning says why and the LoweredModel wraps the user's own network unchanged
+        (`report.method` starts with "not lowered"; the caller's session restores it as usual).
     """
     if isinstance(model, LoweredModel):
         return model
@@ -341,7 +344,15 @@ def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = Tru
         lm = hit[1]
         if not convs & {c for c, _ in lm.report.folded}:  # no layer the caller reads was folded
             return lm
-    new, report = lower_module(model.module, model.normalize(x[:1]), keep=convs, channels_last=channels_last)
+    try:
+        new, report = lower_module(model.module, model.normalize(x[:1]), keep=convs,
+                                   channels_last=channels_last)
+    except Exception as e:  # e.g. a module that cannot be deep-copied: run the network as it is, and say so
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        warnings.warn(f"fastviz: could not lower {model.name} ({why}); running it as it is",
+                      RuntimeWarning, stacklevel=3)
+        report = LowerReport(method=f"not lowered ({why})")
+        return LoweredModel(model, model.module, report)  # not cached: tried again next call
     new.to(x.device)
     lm = LoweredModel(model, new, report)
     cache[key] = (fp, lm)

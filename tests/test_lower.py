@@ -226,3 +226,18 @@ def test_saliency_lower_equals_exact(lite0, cat_coffee):
     assert rel(fast, exact) <= 2e-3
     n = fv.Neuron("_blocks.10", channel=3)
     assert rel(fv.neuron_gradient(lite0, cat_coffee, n, lower=True), fv.neuron_gradient(lite0, cat_coffee, n)) <= 2e-3
+
+
+def test_a_network_that_cannot_be_copied_runs_as_it_is_and_says_so(snapshot):
+    import threading
+
+    torch.manual_seed(0)
+    net = Tricky()
+    net.lock = threading.Lock()  # deepcopy raises on it
+    m = fv.Model(net, input_size=16, labels=list("abcde"))
+    snap = snapshot(net)
+    with pytest.warns(RuntimeWarning, match="could not lower"):
+        r = fv.class_model(m, [1], steps=2)
+    assert r.info["lower"]["method"].startswith("not lowered (TypeError") and r.info["lower"]["folded"] == 0
+    assert r.history[-1, 0] != r.history[0, 0]
+    snap.assert_unchanged()
