@@ -241,3 +241,17 @@ def test_a_network_that_cannot_be_copied_runs_as_it_is_and_says_so(snapshot):
     assert r.info["lower"]["method"].startswith("not lowered (TypeError") and r.info["lower"]["folded"] == 0
     assert r.history[-1, 0] != r.history[0, 0]
     snap.assert_unchanged()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lowered_on_cuda_and_in_the_graph():
+    m = fv.load_model(device="cuda")
+    x = fv.load_images(fv.sample_images()["chelsea"]).cuda()
+    lm = lowered(m, x)
+    assert lm.module._conv_stem.weight.is_cuda and len(lm.report.folded) == 49
+    o, g = logits_and_grad(m, x)
+    ol, gl = logits_and_grad(lm, x)
+    assert rel(ol, o) <= 1e-4 and rel(gl, g) <= GRAD_TOL  # cuDNN's TF32 / algorithm choice differ
+    r = fv.class_model(m, [285], steps=8, backend="graph")
+    assert r.info["backend"] == "graph" and r.info["lower"]["folded"] == 49
