@@ -39,7 +39,7 @@ bench-compare: venv
 	$(VENV)/bin/fastviz bench --model $(MODEL) --compare $(NAME) --threshold $(THRESHOLD)
 
 bench-plot: venv
-	FASTVIZ_BENCH_BATCHES=1,2,4,8,16 $(PY) -m pytest bench/test_bench_render.py -k class_model --benchmark-only --benchmark-json=out/its_vs_batch.json
+	FASTVIZ_BENCH_BATCHES=1,2,4,8,16 $(PY) -m pytest bench/test_bench_render.py -k "class_model and lowered and not bf16" --benchmark-only --benchmark-json=out/its_vs_batch.json
 	$(PY) bench/plot_its_vs_batch.py out/its_vs_batch.json docs/img/its_vs_batch_cpu.png
 
 # captum, grad-cam and lucent beside fastviz (their own venv, sharing torch); writes docs/peers.md.

@@ -24,7 +24,8 @@ def main(src: str, dst: str) -> None:
 
     data = json.loads(Path(src).read_text())
     rows = sorted((b["extra_info"]["batch"], b["extra_info"]) for b in data["benchmarks"]
-                  if b["name"].startswith("test_class_model"))
+                  if b["name"].startswith("test_class_model")
+                  and b["extra_info"].get("variant", "lowered") == "lowered")
     if not rows:
         raise SystemExit(f"{src}: no test_class_model benchmarks")
     batch = [b for b, _ in rows]

@@ -17,6 +17,7 @@ from .guided import deconvnet as _deconv_rule
 from .guided import guided
 from .hooks import session
 from .io import check_images
+from .lower import lowered
 from .models import Model, as_model
 from .targets import Neuron, class_targets, pick
 
@@ -63,7 +64,8 @@ def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
             for ri, rp in zip(idx.cpu(), prob.cpu())]
 
 
-def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv: bool = False
+def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv: bool = False,
+             lower: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """d score / d image for one target per row: the engine of every gradient map.
 
@@ -73,6 +75,8 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
         target: class index (int, list, tensor; None = top-1 per row) or a `Neuron`.
         guided_relu: backpropagate through `GuidedReLU` (guided backprop).
         deconv: backpropagate through `DeconvReLU` (deconvnet); not with guided_relu.
+        lower: go through the lowered copy (`fastviz.lower`: BN folded, channels_last): faster,
+            equal up to fp32 rounding amplified by depth (docs/performance.md gives the error).
 
     Returns:
         ((B, C, H, W) gradient, (B,) class targets used, or None for a Neuron).
@@ -81,6 +85,8 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
         raise FastvizError("guided_relu, deconv: pick one backward rule, got both")
     m, x = prepare(model, x)
     neuron = target if isinstance(target, Neuron) else None
+    if lower:
+        m = lowered(m, x, keep=[neuron.layer] if neuron is not None else ())
     with session(m, no_inplace=deconv) as s:
         if guided_relu and guided(s) == 0:
             warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
@@ -102,13 +108,14 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
     return g, used
 
 
-def saliency(model, x, target: Target = None) -> torch.Tensor:
+def saliency(model, x, target: Target = None, *, lower: bool = False) -> torch.Tensor:
     """Saliency map (Simonyan et al. 2014): max over channels of |d score / d pixel|.
 
     Args:
         model: `Model` or nn.Module.
         x: (B, 3, H, W) images in [0, 1].
         target: class per row (int, list, tensor), None for each row's top-1, or a `Neuron`.
+        lower: use the lowered copy of the network (see `gradient`); default: the exact network.
 
     Returns:
         (B, H, W) non-negative map.
@@ -120,22 +127,23 @@ def saliency(model, x, target: Target = None) -> torch.Tensor:
         >>> saliency(load_model(), torch.rand(2, 3, 224, 224), target=[285, 967]).shape
         torch.Size([2, 224, 224])
     """
-    g, _ = gradient(model, x, target)
+    g, _ = gradient(model, x, target, lower=lower)
     return g.abs().amax(1)
 
 
-def guided_backprop(model, x, target: Target = None) -> torch.Tensor:
+def guided_backprop(model, x, target: Target = None, *, lower: bool = False) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015) of a class score or a `Neuron`.
 
     Args:
         model: `Model` or nn.Module; its nn.ReLU and nn.ReLU6 modules are guided (see `fastviz.guided`).
         x: (B, 3, H, W) images in [0, 1].
         target: class per row, None for top-1, or a `Neuron`.
+        lower: use the lowered copy of the network (see `gradient`); default: the exact network.
 
     Returns:
         (B, 3, H, W) signed gradient; `fastviz.image.normalize(g, "signed")` shows it.
     """
-    g, _ = gradient(model, x, target, guided_relu=True)
+    g, _ = gradient(model, x, target, guided_relu=True, lower=lower)
     return g
 
 
@@ -180,7 +188,7 @@ def input_x_gradient(model, x, target: Target = None) -> torch.Tensor:
     return xd * g
 
 
-def neuron_gradient(model, x, neuron: Neuron, guided: bool = False) -> torch.Tensor:
+def neuron_gradient(model, x, neuron: Neuron, guided: bool = False, *, lower: bool = False) -> torch.Tensor:
     """Gradient of one intermediate unit with respect to the image, plain or guided.
 
     The forward stops at the neuron's layer.
@@ -190,11 +198,12 @@ def neuron_gradient(model, x, neuron: Neuron, guided: bool = False) -> torch.Ten
         x: (B, 3, H, W) images in [0, 1].
         neuron: the unit (`Neuron(layer, channel, y, x)`; y, x None = centre).
         guided: guided backprop instead of the plain gradient.
+        lower: use the lowered copy of the network (see `gradient`); default: the exact network.
 
     Returns:
         (B, 3, H, W) gradient.
     """
     if not isinstance(neuron, Neuron):
         raise FastvizError(f"neuron: expected fastviz.Neuron, got {type(neuron).__name__}")
-    g, _ = gradient(model, x, neuron, guided_relu=guided)
+    g, _ = gradient(model, x, neuron, guided_relu=guided, lower=lower)
     return g

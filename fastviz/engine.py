@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .errors import FastvizError
 from .hooks import session
+from .lower import lowered
 from .models import Model
 from .objectives import LOGITS, Objective
 from .regularizers import NONE, Yosinski, regularize
@@ -254,8 +255,8 @@ def _check_finite(history: Tensor, start: int, stop: int) -> None:
 
 def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski = NONE,
         optimizer: str = "adam", lr: float = 0.05, l2: float = 0.0, jitter: int = 0,
-        backend: str = "auto", impl: str = "auto", amp: bool = False, seed: int = 0,
-        snapshot_every: int | None = None, progress: Progress | None = None,
+        backend: str = "auto", impl: str = "auto", amp: bool = False, lower: bool = True,
+        seed: int = 0, snapshot_every: int | None = None, progress: Progress | None = None,
         progress_every: int | None = None, step_offset: int = 0) -> Render:
     """Run `steps` steps of gradient ascent on a batch of centred images.
 
@@ -272,6 +273,9 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
         backend: "auto" (graph on CUDA, eager elsewhere), "eager" or "graph".
         impl: regularizer implementation, "auto" | "triton" | "torch".
         amp: bf16 autocast for the network (the image stays fp32).
+        lower: run the loop through the lowered copy of the network (`fastviz.lower`: BN folded
+            into the convolutions, channels_last; cached per device until the weights change)
+            instead of the network as it is. The user's network is not touched either way.
         seed: seeds the device generator used for jitter.
         snapshot_every: copy the images to the host every n steps.
         progress: called as progress(steps_done, steps) at read-back points.
@@ -302,7 +306,9 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     t0 = time.perf_counter()
     period = reg.blur_every if reg.blur_every > 0 else 1
     warmup = 2
-    with session(model) as sess:
+    # The one place the loop's network is chosen: the user's, or its lowered copy.
+    net = lowered(model, x0, keep=objective.layers - {LOGITS}) if lower else model
+    with session(net) as sess:
         # The history also holds the graph's warm-up steps (overwritten after the reset).
         loop = Loop(sess, objective.to(device), x0, max(steps, warmup * period), reg=reg, optimizer=optimizer, lr=lr, l2=l2,
                     jitter=jitter, impl=impl, amp=amp, seed=seed)
@@ -347,5 +353,5 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     t2 = time.perf_counter()
     info = {"backend": "graph" if graph is not None else "eager", "device": str(device),
             "seconds": t2 - t0, "loop_seconds": t2 - t1, "steps_per_second": steps / (t2 - t1),
-            "impl": impl, "amp": amp}
+            "impl": impl, "amp": amp, "lower": net.report.summary() if lower else None}
     return Render(images, history, snapshots, objective.description, info)

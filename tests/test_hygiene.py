@@ -74,6 +74,16 @@ CALLS += [
     ("filter_grid", lambda m: fv.filter_grid(m)),
     ("embed", lambda m: fv.embed(m, torch.rand(6, 3, 32, 32), method="pca")),
 ]
+# The lowered copy (fastviz/lower.py): the loop's default, attribution's option.
+CALLS += [
+    ("class_model lower=False", lambda m: fv.class_model(m, [1, 2], steps=2, lower=False)),
+    ("saliency lower", lambda m: fv.saliency(m, X, lower=True)),
+    ("neuron_gradient lower guided", lambda m: fv.neuron_gradient(m, X, N, guided=True, lower=True)),
+]
+BAD_CALLS += [
+    ("saliency lower target", lambda m: fv.saliency(m, X, target=10, lower=True)),
+    ("neuron lower layer", lambda m: fv.neuron_gradient(m, X, fv.Neuron("features.9", 0), lower=True)),
+]
 BAD_CALLS += [
     ("class_model class", lambda m: fv.class_model(m, [10])),
     ("class_model nan", lambda m: fv.class_model(m, [1], steps=2, lr=float("nan"))),

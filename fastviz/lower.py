@@ -1,0 +1,364 @@
+"""The lowered network for the synthesis loop: a private copy with BatchNorms folded, channels_last.
+
+The loop never trains, so the network it runs can be rewritten once for speed. `lowered(model, x)`
+returns a `LoweredModel`: a deep copy of the user's network, in eval mode with parameters frozen,
+where every BatchNorm that directly follows a convolution is folded into that convolution's
+weight and bias (the BN module is replaced by `nn.Identity`, so its name still resolves and a
+hook on it sees what the BN would have output), with 4-D weights and the input in channels_last.
+The user's network is only read (DESIGN rule 1): it is copied, never hooked or changed.
+
+Conv -> BN pairs come from the forward that actually runs: `torch.fx` (convolutions and
+BatchNorms kept as leaves) where the network traces, else one recorded forward with hooks on
+the copy, where the autograd graph says who else uses a conv's output. A pair is folded only when
+it is safe, else skipped with the reason in `LoweredModel.report` (and `Render.info["lower"]`):
+- the BN's input is something other than a conv module's output (a BN after a ReLU, a cat, ...);
+- the conv's output is also used elsewhere (a residual, an in-place op, a second consumer);
+- either module runs more than once in one forward, has hooks of its own or is parametrized;
+- the BN keeps no running statistics (it normalises by batch statistics even in eval mode);
+- the conv is transposed, or a layer the caller needs unchanged (`keep`: a conv whose own
+  output an objective reads would otherwise show the folded, BN-scaled values).
+
+The copy is cached on the `Model` per (device, dtype) and made again when the weights change:
+the fingerprint is each parameter and buffer's identity, shape, dtype, autograd version counter
+(bumped by every in-place change, `load_state_dict` included) and its sum (which also catches
+changes through `.data`, which bypass the version counter). Checking it costs one pass over the
+weights per call, never per step. Memory: one copy of the weights and buffers per (device, dtype)
+(EfficientNet-Lite0: 4.7 M parameters, about 19 MB in fp32); `release(model)` drops it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from .models import Model
+
+
+@dataclass
+class LowerReport:
+    """What lowering did: folded (conv, bn) pairs, skipped BNs with reasons, how pairs were found."""
+
+    folded: list = field(default_factory=list)   # [(conv name, bn name)]
+    skipped: list = field(default_factory=list)  # [(bn name, reason)]
+    method: str = ""                             # "fx" or "recorded forward (fx: <why not>)"
+    channels_last: bool = False
+    copy_bytes: int = 0
+
+    def summary(self) -> dict:
+        """A small dict for `Render.info["lower"]`."""
+        return {"folded": len(self.folded), "skipped": [f"{n}: {r}" for n, r in self.skipped],
+                "method": self.method, "channels_last": self.channels_last,
+                "copy_mb": round(self.copy_bytes / 2**20, 1)}
+
+
+class _ChannelsLast(torch.autograd.Function):
+    """x in channels_last forward; the gradient back in x's own (contiguous) layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        return g.contiguous()
+
+
+class LoweredModel(Model):
+    """A `Model` over the lowered copy: same normalisation, labels and layer names.
+
+    Attributes:
+        report: the `LowerReport`.
+        source: the user's `Model` it was made from.
+    """
+
+    def __init__(self, source: Model, module: nn.Module, report: LowerReport):
+        super().__init__(module, source.mean, source.std, source.input_size, source.labels,
+                         name=source.name)
+        self.source, self.report = source, report
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.report.channels_last and x.dim() == 4:
+            x = _ChannelsLast.apply(x)
+        return self.module(x)
+
+    def __repr__(self) -> str:
+        return f"LoweredModel({self.name}, folded {len(self.report.folded)} BN, {self.report.method})"
+
+
+# -- finding conv -> BN pairs ------------------------------------------------------------------
+class _LeafTracer(torch.fx.Tracer):
+    """fx tracer that keeps every conv and BatchNorm (subclasses included) as one call_module node."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (_ConvNd, _BatchNorm)) or super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class _Candidate:
+    bn: str
+    conv: str | None  # None: the BN's input is not a conv module's output
+    reason: str = ""  # non-empty: not foldable, and why
+
+
+def _pairs_fx(net: nn.Module) -> list[_Candidate]:
+    graph = _LeafTracer().trace(net)
+    modules = dict(net.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], _BatchNorm):
+            continue
+        src = node.args[0] if node.args else None
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(modules[src.target], _ConvNd)):
+            what = src.target if isinstance(src, torch.fx.Node) else src
+            out.append(_Candidate(node.target, None, f"its input is not a conv's output (comes from {what})"))
+            continue
+        reason = ""
+        if calls[node.target] != 1 or calls[src.target] != 1:
+            reason = f"runs more than once in one forward ({calls[src.target]}x conv, {calls[node.target]}x BN)"
+        elif len(src.users) != 1:
+            reason = f"the conv's output is also used by {', '.join(str(u) for u in src.users if u is not node)}"
+        out.append(_Candidate(node.target, src.target, reason))
+    return out
+
+
+def _grad_nodes(outputs) -> dict:
+    """In-degree of every autograd node reachable from the output tensors."""
+    tensors, stack = [], [outputs]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, torch.Tensor):
+            tensors.append(o)
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+    indeg: dict = {}
+    todo = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    seen = set()
+    while todo:
+        fn = todo.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            if nxt is not None:
+                indeg[nxt] = indeg.get(nxt, 0) + 1
+                todo.append(nxt)
+    return indeg
+
+
+def _pairs_recorded(net: nn.Module, x: torch.Tensor) -> list[_Candidate]:
+    """One forward of the copy with hooks: which conv output each BN takes, and its other uses."""
+    names = {m: n for n, m in net.named_modules()}
+    calls: dict[str, int] = {}
+    conv_out: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(output) -> (conv, output, version)
+    bn_in: dict[str, tuple[str | None, torch.Tensor | None]] = {}
+
+    def on_conv(m, _i, out):
+        n = names[m]
+        calls[n] = calls.get(n, 0) + 1
+        if isinstance(out, torch.Tensor):
+            conv_out[id(out)] = (n, out, out._version)
+
+    def on_bn(m, inputs):
+        n = names[m]
+        calls[n] = calls.get(n, 0) + 1
+        t = inputs[0] if inputs else None
+        hit = conv_out.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if hit is not None and hit[1] is t and hit[2] == t._version:
+            bn_in[n] = (hit[0], t)
+        else:
+            bn_in[n] = (None, None)
+
+    handles = []
+    for m, n in names.items():
+        if isinstance(m, _ConvNd):
+            handles.append(m.register_forward_hook(on_conv))
+        elif isinstance(m, _BatchNorm):
+            handles.append(m.register_forward_pre_hook(on_bn))
+    try:
+        with torch.enable_grad():
+            out = net(x.detach().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    indeg = _grad_nodes(out)
+    result = []
+    for bn, (conv, t) in bn_in.items():
+        if conv is None:
+            result.append(_Candidate(bn, None, "its input is not a conv module's output"))
+        elif calls[bn] != 1 or calls[conv] != 1:
+            result.append(_Candidate(bn, conv, f"runs more than once in one forward "
+                                               f"({calls[conv]}x conv, {calls[bn]}x BN)"))
+        elif t.grad_fn is not None and indeg.get(t.grad_fn, 0) != 1:
+            result.append(_Candidate(bn, conv, f"the conv's output is also used elsewhere "
+                                               f"({indeg.get(t.grad_fn, 0)} consumers)"))
+        else:
+            result.append(_Candidate(bn, conv))
+    return result
+
+
+# -- folding -----------------------------------------------------------------------------------
+def _unfoldable(conv: nn.Module, bn: nn.Module) -> str:
+    if getattr(conv, "transposed", False):
+        return "the conv is transposed"
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        return "the BN keeps no running statistics (batch statistics in eval mode)"
+    if bn.num_features != conv.out_channels:
+        return f"the BN has {bn.num_features} features for {conv.out_channels} conv channels"
+    for m in (conv, bn):
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
+            return "a hook is registered on it"
+        if torch.nn.utils.parametrize.is_parametrized(m):
+            return "it is parametrized"
+    if not isinstance(conv.weight, torch.Tensor) or conv.weight.dim() < 3:
+        return "the conv has no plain weight tensor"
+    return ""
+
+
+@torch.no_grad()
+def _fold(conv: _ConvNd, bn: _BatchNorm) -> None:
+    """conv(x) -> bn(conv(x)) in place: W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+    w = conv.weight
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    s = gamma / torch.sqrt(var + bn.eps)
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+    w.copy_((w.double() * s.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype))
+    bias = ((b - mean) * s + beta).to(w.dtype)
+    if conv.bias is not None:
+        conv.bias.copy_(bias)
+    else:
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+
+
+def _replace(net: nn.Module, target: nn.Module, new: nn.Module) -> None:
+    """Put `new` in every place `target` is registered (a module may be registered under two names)."""
+    for _, parent in net.named_modules(remove_duplicate=False):
+        for k, child in list(parent._modules.items()):
+            if child is target:
+                parent._modules[k] = new
+
+
+def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: bool = True
+                 ) -> tuple[nn.Module, LowerReport]:
+    """A lowered deep copy of `net` (which is only read): eval, frozen, BN folded, channels_last.
+
+    Args:
+        net: the network.
+        x: (B, C, H, W) an input the network takes (only used where fx cannot trace the network).
+        keep: module names whose own output must stay as it is (a conv named here is not folded).
+        channels_last: put 4-D weights in channels_last.
+
+    Returns:
+        (the copy, LowerReport).
+    """
+    new = copy.deepcopy(net)
+    new.eval()
+    for p in new.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    report = LowerReport()
+    try:
+        cands = _pairs_fx(new)
+        report.method = "fx"
+    except Exception as e:  # fx cannot trace it (data-dependent control flow, ...): record a forward
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        report.method = f"recorded forward (fx: {type(e).__name__}: {why})"
+        cands = _pairs_recorded(new, x)
+    modules = dict(new.named_modules())
+    keep = set(keep)
+    for c in cands:
+        reason = c.reason
+        if not reason and c.conv in keep:
+            reason = f"the conv {c.conv!r} is a layer the objective reads"
+        if not reason:
+            reason = _unfoldable(modules[c.conv], modules[c.bn])
+        if reason:
+            report.skipped.append((c.bn, reason))
+            continue
+        _fold(modules[c.conv], modules[c.bn])
+        _replace(new, modules[c.bn], nn.Identity())
+        report.folded.append((c.conv, c.bn))
+    if channels_last:
+        new.to(memory_format=torch.channels_last)
+        report.channels_last = True
+    report.copy_bytes = sum(t.numel() * t.element_size()
+                            for t in [*new.parameters(), *new.buffers()])
+    return new, report
+
+
+# -- the cache on the Model --------------------------------------------------------------------
+def fingerprint(net: nn.Module) -> tuple:
+    """Identity, shape, dtype, version and sum of every parameter and buffer (one pass, one sync)."""
+    tensors = [*net.parameters(), *net.buffers()]
+    meta = tuple((id(t), tuple(t.shape), t.dtype, t.device, t._version) for t in tensors)
+    floats = [t for t in tensors if t.is_floating_point() and t.numel()]
+    with torch.no_grad():
+        sums = torch.stack([t.sum(dtype=torch.float64) for t in floats]).cpu() if floats else None
+    return meta, sums
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    if a[0] != b[0]:
+        return False
+    return (a[1] is None and b[1] is None) or (a[1] is not None and b[1] is not None
+                                                and torch.equal(a[1], b[1]))
+
+
+def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = True) -> LoweredModel:
+    """The lowered copy of `model` for inputs like `x`, from the cache when the weights are unchanged.
+
+    Args:
+        model: the user's `Model` (read only; the cache lives in `model._lowered`).
+        x: (B, C, H, W) an input in [0, 1] on the device the copy is for.
+        keep: layer names the caller reads whose own output must not change (see module doc).
+        channels_last: put weights and input in channels_last (4-D inputs).
+
+    Returns:
+        LoweredModel on x's device. If the copy cannot be made (a module that cannot be deep-copied),
+        a RuntimeWarning says why and the LoweredModel wraps the user's own network unchanged
+        (`report.method` starts with "not lowered"; the caller's session restores it as usual).
+    """
+    if isinstance(model, LoweredModel):
+        return model
+    cache = model.__dict__.setdefault("_lowered", {})
+    key = (x.device, x.dtype, channels_last)
+    fp = fingerprint(model.module)
+    hit = cache.get(key)
+    convs = frozenset(keep)
+    if hit is not None and _same(hit[0], fp):
+        lm = hit[1]
+        if not convs & {c for c, _ in lm.report.folded}:  # no layer the caller reads was folded
+            return lm
+    try:
+        new, report = lower_module(model.module, model.normalize(x[:1]), keep=convs,
+                                   channels_last=channels_last)
+    except Exception as e:  # e.g. a module that cannot be deep-copied: run the network as it is, and say so
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        warnings.warn(f"fastviz: could not lower {model.name} ({why}); running it as it is",
+                      RuntimeWarning, stacklevel=3)
+        report = LowerReport(method=f"not lowered ({why})")
+        return LoweredModel(model, model.module, report)  # not cached: tried again next call
+    new.to(x.device)
+    lm = LoweredModel(model, new, report)
+    cache[key] = (fp, lm)
+    return lm
+
+
+def release(model: Model) -> None:
+    """Drop the lowered copies cached on `model` (their memory goes back)."""
+    model.__dict__.pop("_lowered", None)
