@@ -60,20 +60,17 @@ def as_int(value, name: str) -> int:
 def int_in(value, name: str, low: int | None = None, high: int | None = None) -> int:
     """An int with low <= value <= high (either bound None = open)."""
     v = as_int(value, name)
-    if (low is not None and v < low) or (high is not None and v > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise FastvizError(f"{name}: expected an int in [{lo}, {hi}], got {v}")
+    if low is not None and v < low:
+        want = "a non-negative int" if low == 0 else f"an int >= {low}"
+        raise FastvizError(f"{name}: expected {want}{f' (at most {high})' if high is not None else ''}, got {v}")
+    if high is not None and v > high:
+        raise FastvizError(f"{name}: expected an int <= {high}, got {v}")
     return v
 
 
 def positive_int(value, name: str, high: int | None = None) -> int:
     """An int >= 1 (and <= high when given)."""
-    v = as_int(value, name)
-    if v < 1 or (high is not None and v > high):
-        bound = f"1 <= {name} <= {high}" if high is not None else "an int >= 1"
-        raise FastvizError(f"{name}: expected {bound}, got {v}")
-    return v
+    return int_in(value, name, 1, high)
 
 
 def seed(value, name: str = "seed", allow_none: bool = False) -> int | None:
