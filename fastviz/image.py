@@ -181,5 +181,10 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
         raise FastvizError(f"path: cannot make the folder {str(path.parent)!r} ({e})") from e
-    Image.fromarray((np.nan_to_num(arr.clip(0, 1)) * 255).round().astype(np.uint8)).save(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # whole or not at all (rule 11)
+    try:
+        Image.fromarray((np.nan_to_num(arr.clip(0, 1)) * 255).round().astype(np.uint8)).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -66,9 +66,10 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
     if not isinstance(objective, Objective):
         raise FastvizError(f"objective: expected a fastviz objective (fastviz.objectives), got "
                            f"{type(objective).__name__}")
-    rows = positive_int(rows, "rows")
+    rows = checks.positive_int(rows, "rows", 10 ** 7)
     if objective.rows is not None and objective.rows != rows:
         raise FastvizError(f"rows: the objective has {objective.rows} targets, got rows={rows}")
+    batch_name = "rows (batch_size None: all at once)" if batch_size is None else "batch_size"
     batch_size = positive_int(rows if batch_size is None else batch_size, "batch_size")
     seed = checks.seed(seed)
     checks.device(device)
@@ -81,7 +82,7 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
             raise FastvizError(f"start: expected {rows} images, got {start.shape[0]}")
         h, w = start.shape[-2:]
     if min(batch_size, rows) * c * h * w > checks.MAX_ELEMENTS:
-        raise FastvizError(f"batch_size: {min(batch_size, rows)} images of {c}x{h}x{w} are more than "
+        raise FastvizError(f"{batch_name}: {min(batch_size, rows)} images of {c}x{h}x{w} are more than "
                            f"a batch holds (2**31 values); lower batch_size or size")
     engine.check_loop(min(batch_size, rows), steps, seed=seed, progress=progress, **loop)
     chunks = [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
