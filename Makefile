@@ -26,6 +26,15 @@ test: venv
 bench: venv
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=median,iqr,ops
 
+.PHONY: bench-smoke fuzz
+# Every benchmark once, output checked, no timing statistics (CI runs it after the tests).
+bench-smoke: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest bench -q --benchmark-disable
+
+# The property-based test of the public API at 100 examples per argument (docs/reliability.md).
+fuzz: venv
+	FASTVIZ_FUZZ=thorough $(PY) -m pytest tests/test_fuzz.py -q
+
 # Regression check on your own model: save a baseline, change things, compare (fails when a
 # median got more than THRESHOLD percent slower).
 NAME ?= baseline

@@ -152,6 +152,26 @@ def floor(device) -> Callable:
     return run
 
 
+def timed(fn: Callable, times: list[float]) -> Callable:
+    """fn, appending each call's seconds to `times` (the fallback of `median_seconds`)."""
+
+    def call(*args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - t)
+        return out
+
+    return call
+
+
+def median_seconds(benchmark, times: list[float]) -> float:
+    """The benchmark's median; under `--benchmark-disable` (a smoke run: pytest-benchmark calls
+    the function once and keeps no stats) the median of our own `timed` record."""
+    if benchmark.stats is not None:
+        return benchmark.stats.stats.median
+    return statistics.median(times)
+
+
 def paired(benchmark, fn: Callable, floor_fn: Callable, *, rounds: int, warmup: int = 1,
            floors_per_round: int = 1) -> dict:
     """Time `fn` with pytest-benchmark and `floor_fn` in between, `floors_per_round` calls a round.
@@ -161,7 +181,8 @@ def paired(benchmark, fn: Callable, floor_fn: Callable, *, rounds: int, warmup: 
     one floor sample a round is noisy: loops that run several steps a round take more.
 
     Returns:
-        {"fn": result of the last call, "floor_s": median floor seconds, "floor_times": [...]}.
+        {"fn": result of the last call, "floor_s": median floor seconds, "floor_times": [...],
+        "fn_s": median seconds of fn (pytest-benchmark's, or our own under --benchmark-disable)}.
     """
     for _ in range(warmup):  # one-time layer checks, allocator growth, first-call costs
         floor_fn()
@@ -174,5 +195,7 @@ def paired(benchmark, fn: Callable, floor_fn: Callable, *, rounds: int, warmup: 
             floor_fn()
             floor_times.append(time.perf_counter() - t)
 
-    result = benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1)
-    return {"fn": result, "floor_s": statistics.median(floor_times), "floor_times": floor_times}
+    fn_times: list[float] = []
+    result = benchmark.pedantic(timed(fn, fn_times), setup=setup, rounds=rounds, iterations=1)
+    return {"fn": result, "floor_s": statistics.median(floor_times), "floor_times": floor_times,
+            "fn_s": median_seconds(benchmark, fn_times)}

@@ -76,8 +76,9 @@ def _render_bench(benchmark, setting, render_fn, floor_fn, batch, variant="eager
     r = timing["fn"]
     assert r.images.shape[0] == batch and r.history.shape == (STEPS, batch)
     assert r.info["backend"] == "eager" or r.info["device"].startswith("cuda")
+    assert bool(r.images.isfinite().all()) and float(r.images.std()) > 0  # a picture, not a blank
     loop_step = statistics.median(loop_seconds[-_rounds(batch):]) / STEPS
-    call_step = benchmark.stats.stats.median / STEPS
+    call_step = timing["fn_s"] / STEPS
     fl = timing["floor_s"]
     ratio = loop_step / fl
     target = _target(variant, batch)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from . import checks
 from .errors import FastvizError
 from .guided import deconvnet as _deconv_rule
 from .guided import guided
@@ -28,10 +29,14 @@ def _num_classes(m: Model, logits: torch.Tensor) -> int:
     return m.num_classes or logits.shape[1]
 
 
-def prepare(model, x) -> tuple[Model, torch.Tensor]:
-    """The wrapped model and a validated image batch on the model's device."""
+def prepare(model, x, name: str = "x") -> tuple[Model, torch.Tensor]:
+    """The wrapped model and a validated image batch on the model's device.
+
+    The images go through `fastviz.checks.images` (conversion rules there); pixels outside
+    [0, 1] are refused when the model normalises its input (a `Model` with mean / std).
+    """
     m = as_model(model)
-    x = check_images(x, m.channels)
+    x = check_images(x, m.channels, name, check_range=m.mean is not None)
     return m, x.to(m.device, torch.float32)
 
 
@@ -52,11 +57,12 @@ def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
         (285, 'Egyptian cat')
     """
     m, x = prepare(model, x)
+    k = checks.positive_int(k, "k", m.num_classes)
     with session(m):
         logits = m(x)
     if logits.dim() != 2:
         raise FastvizError(f"model: expected logits (B, classes), got shape {tuple(logits.shape)}")
-    if not 1 <= k <= logits.shape[1]:
+    if k > logits.shape[1]:
         raise FastvizError(f"k: expected 1 <= k <= {logits.shape[1]}, got {k}")
     prob, idx = logits.float().softmax(1).topk(k, dim=1)
     labels = m.labels or [str(i) for i in range(logits.shape[1])]
@@ -84,7 +90,13 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
     if guided_relu and deconv:
         raise FastvizError("guided_relu, deconv: pick one backward rule, got both")
     m, x = prepare(model, x)
+    if not isinstance(guided_relu, bool):
+        raise FastvizError(f"guided_relu: expected True or False, got {guided_relu!r:.60}")
     neuron = target if isinstance(target, Neuron) else None
+    if neuron is not None:
+        m.layer(neuron.layer)
+    elif m.num_classes is not None:
+        class_targets(target, x.shape[0], m.num_classes)  # refused before the forward
     if lower:
         m = lowered(m, x, keep=[neuron.layer] if neuron is not None else ())
     with session(m, no_inplace=deconv) as s:
@@ -205,5 +217,7 @@ def neuron_gradient(model, x, neuron: Neuron, guided: bool = False, *, lower: bo
     """
     if not isinstance(neuron, Neuron):
         raise FastvizError(f"neuron: expected fastviz.Neuron, got {type(neuron).__name__}")
+    if not isinstance(guided, bool):
+        raise FastvizError(f"guided: expected True or False, got {guided!r}")
     g, _ = gradient(model, x, neuron, guided_relu=guided, lower=lower)
     return g

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .attribution import prepare
+from . import checks
 from .errors import FastvizError
 from .hooks import session
 from .models import Model
@@ -40,6 +41,13 @@ def _class_target(target):
 
 # -- the engine -----------------------------------------------------------------------------
 @torch.no_grad()
+def _early_target(m: Model, x: torch.Tensor, target) -> None:
+    """Refuse a bad class target before any forward when the class count is known."""
+    target = _class_target(target)
+    if m.num_classes is not None:
+        class_targets(target, x.shape[0], m.num_classes)
+
+
 def _logits(m: Model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(N, classes) logits without gradients, `batch_size` rows per forward."""
     out = []
@@ -131,13 +139,14 @@ def smoothgrad(model, x, target=None, n: int = 25, noise: float = 0.15, squared:
         >>> smoothgrad(load_model(), torch.rand(2, 3, 224, 224), n=4, seed=0).shape
         torch.Size([2, 224, 224])
     """
-    n = positive_int(n, "n")
+    n = checks.positive_int(n, "n", 10 ** 6)
     batch_size = positive_int(batch_size, "batch_size")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-        raise FastvizError(f"noise: expected a level >= 0 (fraction of each image's range), got {noise!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise FastvizError(f"seed: expected an int or None, got {seed!r}")
+    noise = checks.number(noise, "noise", 0, 100)
+    seed = checks.seed(seed, allow_none=True)
+    if not isinstance(squared, bool):
+        raise FastvizError(f"squared: expected True or False, got {squared!r:.60}")
     m, x = prepare(model, x)
+    _early_target(m, x, target)
     flat = x.flatten(1)
     sigma = noise * (flat.amax(1) - flat.amin(1))
     with session(m):
@@ -206,9 +215,13 @@ def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
     if baseline is None:
         return torch.zeros_like(x)
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
+        return torch.full_like(x, checks.number(baseline, "baseline"))
     if not isinstance(baseline, torch.Tensor) or not baseline.is_floating_point():
         raise FastvizError(f"baseline: expected None, a number or a float tensor, got {baseline!r:.80}")
+    if baseline.numel() > x.numel() or not bool(torch.isfinite(baseline).all()):
+        raise FastvizError(f"baseline: expected finite values of shape {tuple(x.shape[1:])}, got "
+                           f"shape {tuple(baseline.shape)}" + ("" if baseline.numel() > x.numel()
+                                                                else " with NaN or inf"))
     b = baseline.to(x.device, x.dtype)
     if b.dim() == 3:
         b = b[None]
@@ -252,9 +265,11 @@ def integrated_gradients(model, x, target=None, baseline=None, steps: int = 50,
         >>> r.attributions.shape, r.completeness_error.shape
         (torch.Size([1, 3, 224, 224]), torch.Size([1]))
     """
+    checks.positive_int(steps, "steps", 10 ** 6)
     alphas, weights = ig_alphas(steps, method, spacing)
     batch_size = positive_int(batch_size, "batch_size")
     m, x = prepare(model, x)
+    _early_target(m, x, target)
     base = _baseline(baseline, x)
     B = x.shape[0]
     with session(m):

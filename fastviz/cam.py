@@ -48,6 +48,20 @@ def _class_target(target):
     return target
 
 
+def _early_target(m: Model, x: torch.Tensor, target):
+    """The class target, refused before any hook or forward when the class count is known."""
+    target = _class_target(target)
+    if m.num_classes is not None:
+        class_targets(target, x.shape[0], m.num_classes)
+    return target
+
+
+def _bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise FastvizError(f"{name}: expected True or False, got {value!r:.60}")
+    return value
+
+
 def _logits(logits: torch.Tensor) -> torch.Tensor:
     if logits is None or logits.dim() != 2:
         shape = None if logits is None else tuple(logits.shape)
@@ -167,7 +181,7 @@ def _capture(s: Session, x: torch.Tensor, layer: tuple[str, bool], grad: bool
 def _act_and_grad(model, x, target, layer):
     """(model, x, act, d score / d act, targets used) for the gradient CAMs."""
     m, x = prepare(model, x)
-    target = _class_target(target)
+    target = _early_target(m, x, target)
     name = _layer_name(m, x, layer)
     with session(m, no_inplace=True) as s:
         act, logits = _capture(s, x, name, grad=True)
@@ -184,6 +198,7 @@ def _finish(cam: torch.Tensor, x: torch.Tensor, normalize: bool) -> torch.Tensor
 
 # -- the methods ------------------------------------------------------------------------------
 def _gradcam(model, x, target, layer, normalize):
+    _bool(normalize, "normalize")
     m, x, act, g, used = _act_and_grad(model, x, target, layer)
     weights = g.mean((2, 3), keepdim=True)
     cam = (weights * act).sum(1).clamp_min(0)
@@ -249,6 +264,7 @@ def layercam(model, x, target=None, layer: str | None = None, normalize: bool = 
     Returns:
         (B, H, W) map, upsampled bilinearly to the image size, [0, 1] per image when `normalize`.
     """
+    _bool(normalize, "normalize")
     _, x, act, g, _ = _act_and_grad(model, x, target, layer)
     cam = (g.clamp_min(0) * act).sum(1).clamp_min(0)
     return _finish(cam, x, normalize)
@@ -277,8 +293,9 @@ def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 
         FastvizError: as `gradcam`, and batch_size < 1.
     """
     batch_size = positive_int(batch_size, "batch_size")
+    _bool(normalize, "normalize")
     m, x = prepare(model, x)
-    target = _class_target(target)
+    target = _early_target(m, x, target)
     name = _layer_name(m, x, layer)
     B, _, H, W = x.shape
     with session(m, no_inplace=True) as s:
@@ -296,7 +313,7 @@ def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 
             lo = up.amin((2, 3), keepdim=True)
             span = up.amax((2, 3), keepdim=True) - lo
             mask = (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny)
-            out = _logits(m.module(xn.index_select(0, rows) * mask))
+            out = _logits(m.select(m.module(xn.index_select(0, rows) * mask)))
             prob = out.float().softmax(1).gather(1, used.index_select(0, rows)[:, None])[:, 0]
             weights[i:j] = torch.where(span.flatten() > 0, prob, 0.0)
     # sum_k w_k up(A_k) = up(sum_k w_k A_k): bilinear upsampling is linear.

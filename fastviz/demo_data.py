@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .errors import FastvizError
 from .io import load_image, sample_images
 
@@ -48,10 +49,9 @@ def demo_set(per_photo: int = 40, size: int = 224, seed: int = 0) -> DemoSet:
         >>> demo_set(per_photo=2, size=32).images.shape
         torch.Size([14, 3, 32, 32])
     """
-    if per_photo < 1:
-        raise FastvizError(f"per_photo: expected at least 1 view per photo, got {per_photo}")
-    if size < 8:
-        raise FastvizError(f"size: expected a side of at least 8 pixels, got {size}")
+    per_photo = checks.positive_int(per_photo, "per_photo", 10_000)
+    size = checks.int_in(size, "size", 8, 2048)
+    seed = checks.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images, sources, names = [], [], []
     for p, (photo, path) in enumerate(sample_images().items()):

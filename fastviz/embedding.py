@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checks
 from .errors import FastvizError
 from .inspection import features
 from .models import Model, as_model
@@ -84,10 +85,18 @@ def neighbour_agreement(points, groups, k: int = 5) -> float:
     """
     from sklearn.neighbors import NearestNeighbors
 
-    p = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-    g = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
+    try:
+        p = points.detach().cpu().float().numpy() if isinstance(points, torch.Tensor) else np.asarray(points, np.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise FastvizError(f"points: expected (N, D) numbers, got {type(points).__name__}") from None
+    if p.ndim < 1 or p.shape[0] < 2 or p.size == 0 or not np.isfinite(p).all():
+        raise FastvizError(f"points: expected (N, D) finite numbers with N >= 2, got shape {p.shape}")
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__len__"):
+        raise FastvizError(f"groups: expected one group per point, got {type(groups).__name__}")
+    g = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups, dtype=object)
+    k = checks.as_int(k, "k")
     p = p.reshape(p.shape[0], -1)
-    if g.shape[0] != p.shape[0]:
+    if g.ndim != 1 or g.shape[0] != p.shape[0]:
         raise FastvizError(f"groups: expected one per point ({p.shape[0]}), got {g.shape[0]}")
     if not 1 <= k < p.shape[0]:
         raise FastvizError(f"k: expected 1 <= k < {p.shape[0]}, got {k}")
@@ -155,9 +164,11 @@ class Embedding:
         """
         if size is None:
             size = math.ceil(math.sqrt(len(self)))
-        rows, cols = (size, size) if isinstance(size, int) else size
-        if cell < 1:
-            raise FastvizError(f"cell: expected a positive number of pixels, got {cell}")
+        rows, cols = checks.size2(size, "size")
+        cell = checks.int_in(cell, "cell", 1, 1024)
+        background = checks.number(background, "background", 0, 1)
+        if rows * cols * cell * cell * 3 > checks.MAX_ELEMENTS:
+            raise FastvizError(f"size: a {rows}x{cols} grid of {cell}-pixel cells is too large")
         thumbs = F.interpolate(self.images.float(), size=(cell, cell), mode="bilinear",
                                antialias=True, align_corners=False).clamp(0, 1)
         out = thumbs.new_full((3, rows * cell, cols * cell), background)
@@ -178,6 +189,9 @@ class Embedding:
         Returns:
             (3, size, size + legend width) in [0, 1].
         """
+        size = checks.int_in(size, "size", 64, 8192)
+        max_legend = checks.int_in(max_legend, "max_legend", 0, 1000)
+        radius = checks.int_in(radius, "radius", 1, 256)
         if groups is None and self.predictions is not None:
             groups = [self.labels[i] if self.labels else str(c)
                       for i, c in enumerate(self.predictions.tolist())]
@@ -204,9 +218,17 @@ class Embedding:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write index, name, x, y, predicted class, label (and path) per image; returns the path."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise FastvizError(f"path: expected a file path, got {type(path).__name__}")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        if path.is_dir():
+            raise FastvizError(f"path: {str(path)!r} is a folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise FastvizError(f"path: cannot make the folder {str(path.parent)!r} ({e})") from e
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole or not at all (rule 11)
+        with tmp.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["index", "name", "x", "y", "prediction", "label"] + (["path"] if self.paths else []))
             for i in range(len(self)):
@@ -214,6 +236,7 @@ class Embedding:
                 label = self.labels[i] if self.labels else ""
                 row = [i, self.names[i], f"{self.coords[i, 0]:.6g}", f"{self.coords[i, 1]:.6g}", pred, label]
                 w.writerow(row + ([str(self.paths[i])] if self.paths else []))
+        os.replace(tmp, path)
         return path
 
 
@@ -300,8 +323,11 @@ def embed(model: Model | nn.Module, images_or_folder, method: str = "tsne", laye
         >>> embed(load_model(), demo_set().images, method="pca").coords.shape
         (280, 2)
     """
-    if method not in METHODS:
-        raise FastvizError(f"method: expected 'tsne' or 'pca', got {method!r}")
+    checks.choice(method, "method", METHODS)
+    perplexity = checks.number(perplexity, "perplexity", 0, 1e4, low_open=True)
+    seed = checks.int_in(seed, "seed", 0, 2 ** 32 - 1)  # scikit-learn's random_state range
+    if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
+        raise FastvizError(f"names: expected a list of names, got {type(names).__name__}")
     m = as_model(model)
     feats = features(m, images_or_folder, layer, batch_size, device, pool, thumbnail, progress)
     if names is not None:

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import checks
 from .errors import FastvizError
 from .hooks import session
 from .lower import lowered
@@ -253,6 +254,53 @@ def _check_finite(history: Tensor, start: int, stop: int) -> None:
                            f"(row {row}); lower lr or strengthen the regularizer")
 
 
+def check_loop(rows: int, steps, **loop) -> None:
+    """Validate `run`'s arguments before anything is allocated (`render_objective` calls it
+    first, `run` again): each bad value raises FastvizError naming it.
+
+    Names `run` does not take are refused here too (they would be Python TypeErrors later).
+    """
+    import inspect
+
+    known = inspect.signature(run).parameters
+    unknown = sorted(k for k in loop if k not in known or k in ("model", "objective", "x0", "steps"))
+    if unknown:
+        takes = sorted(k for k in known if k not in ("model", "objective", "x0", "steps"))
+        raise FastvizError(f"{unknown[0]}: not an argument of the synthesis loop; it takes "
+                           f"{', '.join(takes)}")
+    steps = checks.positive_int(steps, "steps", 10 ** 8)
+    if steps * rows > checks.MAX_ELEMENTS:
+        raise FastvizError(f"steps: {steps} steps x {rows} rows is more history than a run keeps "
+                           f"(2**31 values); render in batches or fewer steps")
+    get = loop.get
+    if "reg" in loop and not isinstance(loop["reg"], Yosinski):
+        raise FastvizError(f"reg: expected a fastviz.Yosinski (or fastviz.regularizers.NONE), got "
+                           f"{type(loop['reg']).__name__}")
+    if "optimizer" in loop:
+        checks.choice(loop["optimizer"], "optimizer", sorted(OPTIMIZERS))
+    if "lr" in loop:
+        checks.number(loop["lr"], "lr", 0, 1e6, low_open=True)
+    if "l2" in loop:
+        checks.number(loop["l2"], "l2", 0, 1e6)
+    if "jitter" in loop:
+        checks.int_in(loop["jitter"], "jitter", 0, checks.MAX_SIDE)
+    if "backend" in loop:
+        checks.choice(loop["backend"], "backend", ("auto", "eager", "graph"))
+    if "impl" in loop:
+        checks.choice(loop["impl"], "impl", ("auto", "triton", "torch"))
+    if "amp" in loop and not isinstance(loop["amp"], bool):
+        raise FastvizError(f"amp: expected True or False, got {loop['amp']!r}")
+    if "seed" in loop:
+        checks.seed(loop["seed"])
+    for name in ("snapshot_every", "progress_every"):
+        if get(name) is not None:
+            checks.positive_int(loop[name], name)
+    if "progress" in loop:
+        checks.callable_or_none(loop["progress"], "progress")
+    if "step_offset" in loop:
+        checks.int_in(loop["step_offset"], "step_offset", 0)
+
+
 def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski = NONE,
         optimizer: str = "adam", lr: float = 0.05, l2: float = 0.0, jitter: int = 0,
         backend: str = "auto", impl: str = "auto", amp: bool = False, lower: bool = True,
@@ -285,16 +333,9 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     Returns:
         Render with images, history, snapshots.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise FastvizError(f"steps: expected an int >= 1, got {steps!r}")
-    if not lr > 0:
-        raise FastvizError(f"lr: expected a positive step size, got {lr}")
-    if l2 < 0:
-        raise FastvizError(f"l2: expected >= 0, got {l2}")
-    if not isinstance(jitter, int) or jitter < 0:
-        raise FastvizError(f"jitter: expected an int >= 0, got {jitter!r}")
-    if backend not in ("auto", "eager", "graph"):
-        raise FastvizError(f"backend: expected 'auto', 'eager' or 'graph', got {backend!r}")
+    check_loop(x0.shape[0], steps, reg=reg, optimizer=optimizer, lr=lr, l2=l2, jitter=jitter,
+               backend=backend, impl=impl, amp=amp, seed=seed, snapshot_every=snapshot_every,
+               progress=progress, progress_every=progress_every, step_offset=step_offset)
     if objective.rows is not None and objective.rows != x0.shape[0]:
         raise FastvizError(f"objective: {objective.rows} targets for a batch of {x0.shape[0]}")
     device = x0.device

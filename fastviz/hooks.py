@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from . import checks
 from .errors import FastvizError
 from .models import Model
 
@@ -108,6 +109,38 @@ class Session:
             for h in handles:
                 h.remove()
         return acts, logits
+
+
+@contextlib.contextmanager
+def on_device(model: Model, device) -> Iterator[torch.device]:
+    """Run on `device`, moving the network there for the call and back afterwards (rule 1).
+
+    The move back does not move anything: every parameter, gradient and buffer gets back the
+    very tensor it held before (same storage, same device), so it works whatever happened in
+    between, a move that failed half way, a KeyboardInterrupt, a device that cannot be
+    copied back from.
+    """
+    before = model.device
+    target = checks.device(device) if device is not None else before
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    if target == before:
+        yield target
+        return
+    saved = [(m, dict(m._parameters), {k: (p.data, p.grad) for k, p in m._parameters.items()
+                                       if p is not None}, dict(m._buffers))
+             for m in model.module.modules()]
+    try:
+        model.module.to(target)
+        yield target
+    finally:
+        for m, params, data, buffers in saved:
+            m._parameters.update(params)
+            for k, (d, g) in data.items():
+                p = params[k]
+                p.data = d
+                p.grad = g
+            m._buffers.update(buffers)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .errors import FastvizError
+
+SAVE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _tensor(t, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise FastvizError(f"{name}: expected a tensor, got {type(t).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise FastvizError(f"{name}: expected a real tensor, got {t.dtype}")
+    if t.numel() == 0:
+        raise FastvizError(f"{name}: empty tensor of shape {tuple(t.shape)}")
+    return t
+
 
 _COLORMAPS = {"jet": 2, "inferno": 9, "viridis": 16, "magma": 13, "turbo": 20, "hot": 11}
 
@@ -31,8 +45,9 @@ def normalize(t: torch.Tensor, mode: str = "minmax", q: float = 0.995) -> torch.
     Returns:
         Same shape, values in [0, 1].
     """
-    if mode not in ("minmax", "percentile", "signed"):
-        raise FastvizError(f"mode: expected 'minmax', 'percentile' or 'signed', got {mode!r}")
+    checks.choice(mode, "mode", ("minmax", "percentile", "signed"))
+    q = checks.number(q, "q", 0, 1)
+    t = _tensor(t, "t")
     t = t.detach().float()
     batched = t.dim() == 4 or (t.dim() == 3 and t.shape[0] not in (1, 3))
     flat = t.reshape(t.shape[0], -1) if batched else t.reshape(1, -1)
@@ -53,8 +68,9 @@ def heatmap(m: torch.Tensor, colormap: str = "jet", normalize_mode: str = "minma
     """(H, W) or (B, H, W) map -> (3, H, W) or (B, 3, H, W) RGB colours in [0, 1]."""
     import cv2
 
-    if colormap not in _COLORMAPS:
-        raise FastvizError(f"colormap: expected one of {sorted(_COLORMAPS)}, got {colormap!r}")
+    checks.choice(colormap, "colormap", sorted(_COLORMAPS))
+    checks.choice(normalize_mode, "normalize_mode", ("minmax", "percentile", "signed"))
+    m = _tensor(m, "m")
     if m.dim() not in (2, 3):
         raise FastvizError(f"m: expected a map (H, W) or (B, H, W), got shape {tuple(m.shape)}")
     maps = normalize(m if m.dim() == 3 else m[None], normalize_mode)
@@ -78,8 +94,10 @@ def overlay(image: torch.Tensor, m: torch.Tensor, alpha: float = 0.5, colormap: 
     Returns:
         Same shape as `image`.
     """
-    if not 0 <= alpha <= 1:
-        raise FastvizError(f"alpha: expected a weight in [0, 1], got {alpha}")
+    alpha = checks.number(alpha, "alpha", 0, 1)
+    checks.choice(colormap, "colormap", sorted(_COLORMAPS))
+    checks.choice(normalize_mode, "normalize_mode", ("minmax", "percentile", "signed"))
+    image, m = _tensor(image, "image"), _tensor(m, "m")
     single = image.dim() == 3
     img = image[None] if single else image
     maps = m[None] if m.dim() == 2 else m
@@ -102,10 +120,23 @@ def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_va
         nrow: images per row (default: about sqrt(N)).
         scale: integer nearest-neighbour upscaling of each image (to see small filters).
     """
+    images = _tensor(images, "images")
+    if nrow is not None:
+        nrow = checks.positive_int(nrow, "nrow")
+    padding = checks.int_in(padding, "padding", 0, 1024)
+    pad_value = checks.number(pad_value, "pad_value")
+    scale = checks.positive_int(scale, "scale", 64)
     if images.dim() == 3:
         images = images[:, None] if images.shape[0] not in (1, 3) else images[None]
     if images.dim() != 4 or images.shape[0] == 0:
         raise FastvizError(f"images: expected (N, C, H, W), got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    per_row = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    side_h = -(-n // per_row) * (h * scale + padding) + padding
+    side_w = per_row * (w * scale + padding) + padding
+    if max(side_h, side_w) > 16 * checks.MAX_SIDE or c * side_h * side_w > checks.MAX_ELEMENTS:
+        raise FastvizError(f"images/nrow/scale: a grid of {n} images of {h}x{w} at scale {scale} would be "
+                           f"{side_h}x{side_w} pixels, too large")
     images = images.detach().float()
     if scale > 1:
         images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
@@ -127,6 +158,14 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
     """
     from PIL import Image
 
+    image = _tensor(image, "image")
+    if not isinstance(path, (str, os.PathLike)):
+        raise FastvizError(f"path: expected a file path, got {type(path).__name__}")
+    path = Path(path)
+    if path.suffix.lower() not in SAVE_SUFFIXES:
+        raise FastvizError(f"path: expected a file name ending in {', '.join(SAVE_SUFFIXES)}, got {str(path)!r}")
+    if path.is_dir():
+        raise FastvizError(f"path: {str(path)!r} is a folder")
     t = image.detach().float().cpu()
     if t.dim() == 4:
         t = grid(t)
@@ -138,7 +177,14 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
         arr = t.permute(1, 2, 0).numpy()
     else:
         raise FastvizError(f"image: expected (3, H, W), (H, W) or (N, 3, H, W), got shape {tuple(image.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)).save(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise FastvizError(f"path: cannot make the folder {str(path.parent)!r} ({e})") from e
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # whole or not at all (rule 11)
+    try:
+        Image.fromarray((np.nan_to_num(arr.clip(0, 1)) * 255).round().astype(np.uint8)).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

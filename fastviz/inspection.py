@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import io
+from . import checks, io
 from .errors import FastvizError
-from .hooks import session
+from .hooks import on_device, session
 from .image import grid
 from .models import Model, as_model
 
@@ -157,11 +157,12 @@ def _pooled(out: torch.Tensor, pool: str) -> torch.Tensor:
     return out.flatten(1)
 
 
-def _source(images_or_folder, size) -> tuple[int, Callable[[int, int], torch.Tensor], list[str],
-                                            list[Path] | None]:
+def _source(images_or_folder, size, m: Model | None = None
+            ) -> tuple[int, Callable[[int, int], torch.Tensor], list[str], list[Path] | None]:
     """(N, get(i, j) -> images i:j, names, paths) for a tensor, a file, a folder or a list."""
     if isinstance(images_or_folder, torch.Tensor):
-        x = io.check_images(images_or_folder, 3, "images_or_folder")
+        x = io.check_images(images_or_folder, 3, "images_or_folder",
+                            check_range=m is not None and m.mean is not None)
         return x.shape[0], lambda i, j: x[i:j], [str(i) for i in range(x.shape[0])], None
     if not isinstance(images_or_folder, (str, os.PathLike, list, tuple)):
         raise FastvizError(f"images_or_folder: expected a tensor, a folder, a file or a list of "
@@ -175,7 +176,7 @@ def _source(images_or_folder, size) -> tuple[int, Callable[[int, int], torch.Ten
                 warnings.warn(f"images_or_folder: skipped {len(skipped)} file(s) without an image "
                               f"suffix in {str(p)!r}: {', '.join(skipped[:3])}"
                               f"{' ...' if len(skipped) > 3 else ''}", stacklevel=3)
-    files = io._expand(items)
+    files = io._expand(list(items), "images_or_folder")
     return len(files), lambda i, j: io.load_images(files[i:j], size=size), [f.name for f in files], files
 
 
@@ -216,14 +217,16 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
         features (the same as a whole forward); with a named layer they are None.
     """
     m = as_model(model)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise FastvizError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    if pool not in ("avg", "flatten"):
-        raise FastvizError(f"pool: expected 'avg' or 'flatten', got {pool!r}")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    checks.choice(pool, "pool", ("avg", "flatten"))
+    thumbnail = checks.int_in(thumbnail, "thumbnail", 1, 1024)
+    checks.device(device)
+    if layer is not None:
+        m.layer(layer)
+    if progress is not None and progress is not True and progress is not False and not callable(progress):
+        raise FastvizError(f"progress: expected None, True or a tqdm-like callable, got {progress!r:.60}")
     size = m.input_size[0] if m.input_size else 224
-    n, get, names, paths = _source(images_or_folder, size)
-    home = m.device
-    dev = torch.device(device) if device is not None else home
+    n, get, names, paths = _source(images_or_folder, size, m)
     steps = range(0, n, batch_size)
     if progress is True:
         from tqdm import tqdm
@@ -231,11 +234,8 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
     if progress:
         steps = progress(steps, total=len(steps))
     feats, preds, thumbs = [], [], []
-    moved = dev != home
     try:
-        if moved:
-            m.to(dev)
-        with session(m) as s, torch.no_grad():
+        with on_device(m, device) as dev, session(m) as s, torch.no_grad():
             fc = _classifier(m) if layer is None else None
             for i in steps:
                 x = get(i, i + batch_size).to(dev, torch.float32)
@@ -253,10 +253,7 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
             out = Features(torch.cat(feats).cpu(), torch.cat(preds).cpu() if preds else None,
                            torch.cat(thumbs).cpu(), names, paths)
     except RuntimeError as e:
-        if moved and ("CUDA" in str(e) or "device" in str(e)):
-            raise FastvizError(f"device: could not run on {dev} ({e})") from e
+        if device is not None and ("CUDA" in str(e) or "device" in str(e)):
+            raise FastvizError(f"device: could not run on {device} ({e})") from e
         raise
-    finally:
-        if moved:
-            m.to(home)
     return out

@@ -14,8 +14,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import checks
 from .errors import FastvizError
 
+# A file declaring more pixels is refused before decoding (PIL would raise its own bomb error).
+MAX_FILE_PIXELS = 2 ** 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PathLike = str | os.PathLike
 
@@ -45,10 +48,62 @@ def image_files(folder: PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _high_bit(im) -> np.ndarray | None:
+    """(H, W, 3) float32 in [0, 1] for 16-bit / float grayscale modes; None for 8-bit modes.
+
+    16-bit grayscale ("I;16*", and "I" as PNG loads it) is divided by 65535: converting it to
+    RGB clipped it at 255, so a 16-bit ramp loaded almost white. 32-bit float ("F") is taken
+    as [0, 1] and clipped.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float32) / 65535.0
+    elif im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    else:
+        return None
+    return np.repeat(a.clip(0, 1)[:, :, None], 3, axis=2)
+
+
+def _rgb8(im):
+    """8-bit modes -> an RGB PIL image; transparency composited over white, as a viewer shows it."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    return im.convert("RGB")
+
+
+def _resize_crop(im, size: int, crop: float):
+    """A PIL image -> size x size: shorter side to size / crop (bicubic), centre crop."""
+    from PIL import Image
+
+    w, h = im.size
+    short = max(size, round(size / crop))
+    scale = short / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def load_image(path: PathLike, size: int | None = 224, crop: float = 1.0) -> torch.Tensor:
-    """One image file -> (3, size, size) float in [0, 1] (size None keeps the original size)."""
+    """One image file -> (3, size, size) float in [0, 1] (size None keeps the original size).
+
+    8-bit files (gray, RGB, RGBA over white, palette) are / 255; 16-bit grayscale / 65535.
+    Files declaring more than 2**28 pixels are refused before they are decoded.
+
+    Raises:
+        FastvizError: no such file, a folder, not a readable image, too large, bad size / crop.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise FastvizError(f"path: expected a file path, got {type(path).__name__}")
+    if size is not None:
+        size = checks.int_in(size, "size", 1, checks.MAX_SIDE)
+    crop = checks.number(crop, "crop", 0, 1, low_open=True)
     path = Path(path)
     if not path.exists():
         raise FastvizError(f"path: no such file {str(path)!r}")
@@ -56,35 +111,39 @@ def load_image(path: PathLike, size: int | None = 224, crop: float = 1.0) -> tor
         raise FastvizError(f"path: {str(path)!r} is a folder; load_images takes folders")
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_FILE_PIXELS or max(w, h) > checks.MAX_SIDE * 4:
+                raise FastvizError(f"path: {str(path)!r} declares {w}x{h} pixels, more than this "
+                                   f"loader takes ({MAX_FILE_PIXELS} pixels); downscale it first")
             im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                # Composite transparency over white, the way a viewer shows it.
-                rgba = im.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, rgba)
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FastvizError(f"path: {str(path)!r} is not a readable image ({e})") from e
-    if size is not None:
-        if not 0 < crop <= 1:
-            raise FastvizError(f"crop: expected a fraction in (0, 1], got {crop}")
-        w, h = im.size
-        short = max(size, round(size / crop))
-        scale = short / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                       Image.Resampling.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().clamp_(0, 1)
+            a = _high_bit(im)
+            rgb = _rgb8(im) if a is None else None
+    except FastvizError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            EOFError, MemoryError, IndexError, TypeError, KeyError) as e:
+        raise FastvizError(f"path: {str(path)!r} is not a readable image ({type(e).__name__}: {e})") from e
+    if a is None:
+        if size is not None:
+            rgb = _resize_crop(rgb, size, crop)
+        a = np.asarray(rgb, dtype=np.float32) / 255.0
+    elif size is not None:
+        # per channel in float ("F" mode), so a 16-bit source keeps its precision
+        from PIL import Image
+        a = np.stack([np.asarray(_resize_crop(Image.fromarray(np.ascontiguousarray(a[:, :, c])), size, crop))
+                      for c in range(3)], axis=2)
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous().clamp_(0, 1)
 
 
-def _expand(paths: PathLike | Iterable[PathLike]) -> list[Path]:
+def _expand(paths: PathLike | Iterable[PathLike], name: str = "paths") -> list[Path]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    if not isinstance(paths, (list, tuple)):
+        raise FastvizError(f"{name}: expected a file, a folder or a list of them, got {type(paths).__name__}")
     out: list[Path] = []
     for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise FastvizError(f"{name}: expected file or folder paths, got {type(p).__name__} {p!r:.60}")
         p = Path(p)
         if p.is_dir():
             found = image_files(p)
@@ -118,27 +177,18 @@ def load_images(paths: PathLike | Sequence[PathLike] | torch.Tensor, size: int |
         torch.Size([1, 3, 224, 224])
     """
     if isinstance(paths, torch.Tensor):
-        return check_images(paths)
+        return check_images(paths, name="paths", check_range=True)
+    if size is not None:
+        size = checks.int_in(size, "size", 1, checks.MAX_SIDE)
+    checks.number(crop, "crop", 0, 1, low_open=True)
     files = _expand(paths)
     return torch.stack([load_image(p, size, crop) for p in files])
 
 
-def check_images(x, channels: int | None = None, name: str = "x") -> torch.Tensor:
-    """Validate an image batch: (B, C, H, W) or (C, H, W) floating tensor -> (B, C, H, W).
+def check_images(x, channels: int | None = None, name: str = "x", check_range: bool = False) -> torch.Tensor:
+    """Validate an image batch -> (B, C, H, W) float: `fastviz.checks.images` (conversion rules there).
 
     Raises:
-        FastvizError: not a tensor, wrong rank, wrong channel count, empty, not finite.
+        FastvizError: not a tensor, wrong rank, wrong channel count, empty, too large, not finite.
     """
-    if not isinstance(x, torch.Tensor):
-        raise FastvizError(f"{name}: expected a tensor of images (B, C, H, W), got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise FastvizError(f"{name}: expected images (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise FastvizError(f"{name}: expected {channels} channels, got shape {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise FastvizError(f"{name}: empty batch, shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise FastvizError(f"{name}: expected float images in [0, 1], got dtype {x.dtype}")
-    return x
+    return checks.images(x, channels, name, check_range=check_range)

@@ -13,11 +13,12 @@ import io
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from . import checks
 from .errors import FastvizError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,10 +45,25 @@ def imagenet_labels() -> list[str]:
 def _as_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
+    return checks.size2(size, "input_size")
+
+
+def _select(output, out):
+    """The tensor a Model's `output` selector picks from what the network returned."""
+    if callable(output):
+        return output(out)
+    if isinstance(output, str):
+        if isinstance(out, dict) and output in out:
+            return out[output]
+        if isinstance(out, tuple) and output in getattr(out, "_fields", ()):  # a namedtuple
+            return getattr(out, output)  # (torchvision's InceptionOutputs / GoogLeNetOutputs)
+        keys = list(out) if isinstance(out, dict) else [f for f in getattr(out, "_fields", ())]
+        raise FastvizError(f"output: the network's {type(out).__name__} has no {output!r}"
+                           + (f"; it has {', '.join(map(repr, keys))}" if keys else ""))
+    if isinstance(out, (tuple, list)) and -len(out) <= output < len(out):
+        return out[output]
+    raise FastvizError(f"output: index {output} does not fit the network's {type(out).__name__}"
+                       + (f" of {len(out)}" if isinstance(out, (tuple, list)) else ""))
 
 
 class Model:
@@ -60,6 +76,10 @@ class Model:
         input_size: int or (H, W) the network expects (used by image loading and synthesis).
         labels: class names, index = class.
         name: a short name for messages and file names.
+        output: for a network that returns more than one tensor (aux logits, a dict of heads):
+            an int (index into a tuple / list), a str (dict key or namedtuple field), or a
+            callable out -> tensor, applied after every forward. None (the default) expects a
+            tensor and refuses anything else with a message naming `output`.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
@@ -75,19 +95,29 @@ class Model:
         input_size: int | Sequence[int] | None = None,
         labels: Sequence[str] | None = None,
         name: str | None = None,
+        output: int | str | Callable | None = None,
     ):
         if not isinstance(module, nn.Module):
             raise FastvizError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
         self.module = module
-        self.mean = tuple(float(m) for m in mean) if mean is not None else None
-        self.std = tuple(float(s) for s in std) if std is not None else None
+        self.mean = checks.floats(mean, "mean") if mean is not None else None
+        self.std = checks.floats(std, "std", positive=True) if std is not None else None
         if (self.mean is None) != (self.std is None):
             raise FastvizError("mean and std: give both or neither")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise FastvizError(f"std: expected positive values, got {self.std}")
+        if self.mean is not None and len(self.mean) != len(self.std):
+            raise FastvizError(f"mean and std: expected one value per channel each, got "
+                               f"{len(self.mean)} and {len(self.std)}")
         self.input_size = _as_pair(input_size)
+        if labels is not None and (isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence)
+                                   or not labels or not all(isinstance(l, str) for l in labels)):
+            raise FastvizError(f"labels: expected a non-empty list of class names (str), got {labels!r:.80}")
         self.labels = list(labels) if labels is not None else None
+        if name is not None and not isinstance(name, str):
+            raise FastvizError(f"name: expected a str, got {type(name).__name__}")
         self.name = name or type(module).__name__
+        if output is not None and not callable(output) and not isinstance(output, str):
+            output = checks.as_int(output, "output")
+        self.output = output
         self._single_use: dict[str, int] = {}  # layer -> calls in one forward (rule 8)
         # (device, dtype) -> ((1, C, 1, 1) mean, (1, C, 1, 1) 1/std): made once, so that no
         # host-to-device copy happens inside a step (a CUDA graph capture forbids it).
@@ -118,7 +148,7 @@ class Model:
 
     def to(self, device) -> "Model":
         """Move the wrapped network (in place, as nn.Module.to does) and return self."""
-        self.module.to(device)
+        self.module.to(checks.device(device))
         return self
 
     # -- normalisation --------------------------------------------------------------------
@@ -144,7 +174,20 @@ class Model:
         return (x - mean) * inv_std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(self.normalize(x))
+        return self.select(self.module(self.normalize(x)))
+
+    def select(self, out) -> torch.Tensor:
+        """The scores tensor from what the network returned (the `output` selector, checked)."""
+        if self.output is not None:
+            out = _select(self.output, out)
+        if not isinstance(out, torch.Tensor):
+            raise FastvizError(
+                f"output: {self.name} returns a {type(out).__name__}, not a tensor of scores; "
+                f"pick one with Model(net, ..., output=0 | 'key' | callable)")
+        if self.labels is not None and out.dim() == 2 and out.shape[1] != len(self.labels):
+            raise FastvizError(f"labels: {len(self.labels)} labels for a network with "
+                               f"{out.shape[1]} outputs")
+        return out
 
     # -- layers ---------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
@@ -247,6 +290,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
     Raises:
         FastvizError: unknown name; weights not on disk (the message names where it looked).
     """
+    device = checks.device(device)
     if name == DEFAULT_MODEL:
         model = _efficientnet_lite0(weights)
     elif name in TORCHVISION:

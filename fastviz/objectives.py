@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import checks
 from .errors import FastvizError
 
 LOGITS = "<logits>"  # the pseudo-layer of class scores
@@ -64,9 +65,9 @@ class Objective:
         return Sum([(1.0, self), (-1.0, _as_objective(other))])
 
     def __mul__(self, k: float) -> "Objective":
-        if not isinstance(k, (int, float)):
+        if not isinstance(k, (int, float)) or isinstance(k, bool):
             return NotImplemented
-        return Sum([(float(k), self)])
+        return Sum([(checks.number(k, "weight"), self)])
 
     __rmul__ = __mul__
 
@@ -121,16 +122,17 @@ class Sum(Objective):
         return " ".join(parts).lstrip("+ ")
 
 
+def _layer(layer) -> str:
+    if not isinstance(layer, str):
+        raise FastvizError(f"layer: expected a dotted module name (str), got {type(layer).__name__}")
+    return layer
+
+
 def _indices(values, name: str) -> Tensor:
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    try:
-        t = torch.as_tensor(list(values), dtype=torch.long)
-    except (TypeError, ValueError) as e:
-        raise FastvizError(f"{name}: expected ints, got {values!r}") from e
-    if t.numel() == 0 or bool((t < 0).any()):
-        raise FastvizError(f"{name}: expected non-negative ints, got {values!r}")
-    return t
+    out = checks.index_list(values, name)  # ints, numpy / 0-d tensor ints, 1-D int tensors
+    if max(out) >= 2 ** 31:
+        raise FastvizError(f"{name}: index {max(out)} is out of range (indices stay below 2**31)")
+    return torch.tensor(out, dtype=torch.long)
 
 
 class _Indexed(Objective):
@@ -139,7 +141,7 @@ class _Indexed(Objective):
     row_tensors = ("index",)
 
     def __init__(self, layer: str, index: Tensor):
-        self.layer = layer
+        self.layer = _layer(layer)
         self.index = index
         self.layers = {layer}
         self.rows = index.numel()
@@ -160,7 +162,8 @@ class ClassScore(_Indexed):
     def check(self, acts):
         n = acts[LOGITS].shape[1]
         if int(self.index.max()) >= n:
-            raise FastvizError(f"classes: class index {int(self.index.max())} outside [0, {n})")
+            raise FastvizError(f"classes: class index {int(self.index.max())} is out of range for "
+                               f"{n} classes (0-{n - 1})")
 
     def score(self, acts, img):
         return self._act(acts).gather(1, self.index[:, None]).squeeze(1)
@@ -199,7 +202,7 @@ class NeuronScore(Objective):
     row_tensors = ("c", "y", "x")
 
     def __init__(self, layer: str, channels, ys, xs):
-        self.layer = layer
+        self.layer = _layer(layer)
         self.layers = {layer}
         self.c, self.y, self.x = (_indices(v, n) for v, n in ((channels, "channel"), (ys, "y"), (xs, "x")))
         if not self.c.numel() == self.y.numel() == self.x.numel():
@@ -230,7 +233,7 @@ class Dream(Objective):
     itself (DeepDream, Mordvintsev et al. 2015)."""
 
     def __init__(self, layer: str):
-        self.layer = layer
+        self.layer = _layer(layer)
         self.layers = {layer}
 
     def score(self, acts, img):

@@ -6,17 +6,16 @@ Every function renders one row per target in batches of `batch_size` rows on the
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import engine
+from . import checks, engine
 from .attribution import prepare
 from .engine import Render
 from .errors import FastvizError
-from .hooks import session
+from .hooks import on_device, session  # on_device: kept importable from here
 from .models import Model, as_model
 from .objectives import ClassScore, Channel, Dream, Inversion, NeuronScore, Objective
 from .regularizers import NONE, Yosinski
@@ -25,31 +24,10 @@ from .targets import Neuron, as_index_list, positive_int
 DEFAULT_SIZE = 224
 
 
-@contextlib.contextmanager
-def on_device(model: Model, device):
-    """Run on `device`, moving the network there for the call and back afterwards."""
-    before = model.device
-    target = torch.device(device) if device is not None else before
-    if target.type == "cuda" and target.index is None:
-        target = torch.device("cuda", torch.cuda.current_device())
-    if target == before:
-        yield target
-        return
-    model.to(target)
-    try:
-        yield target
-    finally:
-        model.to(before)
-
-
 def _size(model: Model, size) -> tuple[int, int]:
     if size is None:
         return model.input_size or (DEFAULT_SIZE, DEFAULT_SIZE)
-    if isinstance(size, int):
-        size = (size, size)
-    if len(size) != 2 or min(size) < 8:
-        raise FastvizError(f"size: expected an int or (H, W) of at least 8 pixels, got {size!r}")
-    return tuple(int(s) for s in size)
+    return checks.size2(size, "size", low=8)
 
 
 def _start(model: Model, rows: range, size, init: str, seed: int, device) -> torch.Tensor:
@@ -63,7 +41,7 @@ def _start(model: Model, rows: range, size, init: str, seed: int, device) -> tor
     if init == "zero":
         return torch.zeros(len(rows), c, h, w, device=device)
     if init == "noise":
-        gens = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + r) for r in rows]
+        gens = [torch.Generator(device="cpu").manual_seed((seed * 1_000_003 + r) % 2 ** 63) for r in rows]
         return torch.stack([0.01 * torch.randn(c, h, w, generator=g) for g in gens]).to(device)
     raise FastvizError(f"init: expected 'zero' or 'noise', got {init!r}")
 
@@ -85,14 +63,35 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
             amp, snapshot_every, progress_every).
     """
     m = as_model(model)
+    if not isinstance(objective, Objective):
+        raise FastvizError(f"objective: expected a fastviz objective (fastviz.objectives), got "
+                           f"{type(objective).__name__}")
+    rows = checks.positive_int(rows, "rows", 10 ** 7)
+    if objective.rows is not None and objective.rows != rows:
+        raise FastvizError(f"rows: the objective has {objective.rows} targets, got rows={rows}")
+    batch_name = "rows (batch_size None: all at once)" if batch_size is None else "batch_size"
     batch_size = positive_int(rows if batch_size is None else batch_size, "batch_size")
-    positive_int(steps, "steps")
+    seed = checks.seed(seed)
+    checks.device(device)
+    checks.choice(init, "init", ("zero", "noise"))
+    c = m.channels or 3
+    h, w = _size(m, size)
+    if start is not None:
+        start = checks.images(start, c, "start", check_range=True)
+        if start.shape[0] != rows:
+            raise FastvizError(f"start: expected {rows} images, got {start.shape[0]}")
+        h, w = start.shape[-2:]
+    if min(batch_size, rows) * c * h * w > checks.MAX_ELEMENTS:
+        raise FastvizError(f"{batch_name}: {min(batch_size, rows)} images of {c}x{h}x{w} are more than "
+                           f"a batch holds (2**31 values); lower batch_size or size")
+    engine.check_loop(min(batch_size, rows), steps, seed=seed, progress=progress, **loop)
     chunks = [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
     parts: list[Render] = []
     with on_device(m, device) as dev:
         for k, (a, b) in enumerate(chunks):
             if start is not None:
-                x0 = start[a:b].to(dev, torch.float32) - m.mean_tensor(start[a:b].to(dev))
+                x0 = start[a:b].to(dev, torch.float32)
+                x0 = x0 - m.mean_tensor(x0)
             else:
                 x0 = _start(m, range(a, b), size, init, seed, dev)
             report = None
@@ -171,9 +170,10 @@ def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 200, seed:
         Render: images (N, 3, H, W), history of the units' activations.
     """
     m = as_model(model)
-    units = [neurons] if isinstance(neurons, Neuron) else list(neurons)
-    if not units or not all(isinstance(u, Neuron) for u in units):
+    units = [neurons] if isinstance(neurons, Neuron) else neurons
+    if not isinstance(units, (list, tuple)) or not units or not all(isinstance(u, Neuron) for u in units):
         raise FastvizError(f"neurons: expected fastviz.Neuron or a list of them, got {neurons!r}")
+    units = list(units)
     layer = units[0].layer
     if any(u.layer != layer for u in units):
         raise FastvizError("neurons: all units of one call must be on one layer")
@@ -216,12 +216,17 @@ def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float
     Returns:
         Render: the dreamed images at the photo's size; history concatenated over octaves.
     """
-    m, x = prepare(model, photo)
+    m, x = prepare(model, photo, "photo")
     m.layer(layer)
-    if not isinstance(octaves, int) or octaves < 1:
-        raise FastvizError(f"octaves: expected an int >= 1, got {octaves!r}")
-    if not octave_scale > 1:
-        raise FastvizError(f"octave_scale: expected > 1, got {octave_scale}")
+    octaves = positive_int(octaves, "octaves")
+    if octaves > 32:
+        raise FastvizError(f"octaves: expected at most 32, got {octaves}")
+    octave_scale = checks.number(octave_scale, "octave_scale", 1, 100, low_open=True)
+    steps_per_octave = checks.positive_int(steps_per_octave, "steps_per_octave", 10 ** 8)
+    seed = checks.seed(seed)
+    checks.device(device)
+    engine.check_loop(x.shape[0], steps_per_octave, lr=lr, jitter=jitter, optimizer=optimizer,
+                      progress=progress, reg=NONE if reg is None else reg, **loop)
     base = x
     h, w = base.shape[-2:]
     sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
@@ -262,8 +267,15 @@ def invert(model, photo, layer: str, *, steps: int = 300, seed: int = 0, device=
     Returns:
         Render: reconstructions (B, 3, H, W); history of the (negative) objective.
     """
-    m, x = prepare(model, photo)
+    m, x = prepare(model, photo, "photo")
     m.layer(layer)
+    alpha = checks.number(alpha, "alpha", 1, 100)
+    alpha_weight = checks.number(alpha_weight, "alpha_weight", 0, 1e6)
+    beta = checks.number(beta, "beta", 1, 100)
+    tv_weight = checks.number(tv_weight, "tv_weight", 0, 1e6)
+    checks.device(device)
+    engine.check_loop(x.shape[0], steps, seed=seed, lr=lr, progress=progress,
+                      reg=NONE if reg is None else reg, **loop)
     with session(m) as s, torch.no_grad():
         acts, _ = s.forward(x, [layer])
     obj = Inversion(layer, acts[layer].float(), alpha, alpha_weight, beta, tv_weight)

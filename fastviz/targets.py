@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
+from . import checks
 from .errors import FastvizError
 
 
@@ -30,8 +32,11 @@ class Neuron:
             raise FastvizError(f"Neuron.layer: expected a dotted module name, got {self.layer!r}")
         for field in ("channel", "y", "x"):
             v = getattr(self, field)
-            if v is not None and (not isinstance(v, int) or v < 0):
-                raise FastvizError(f"Neuron.{field}: expected a non-negative int, got {v!r}")
+            if v is None and field == "channel":
+                raise FastvizError("Neuron.channel: expected a channel index (int >= 0), got None")
+            if v is not None:
+                # numpy / 0-d tensor indices become ints (frozen dataclass: set through object)
+                object.__setattr__(self, field, checks.int_in(v, f"Neuron.{field}", 0, checks.MAX_SIDE ** 2))
 
     def index(self, act: torch.Tensor) -> tuple[int, int, int]:
         """(channel, y, x) checked against an activation (B, C, h, w)."""
@@ -56,53 +61,30 @@ class Neuron:
 def class_targets(target, batch: int, num_classes: int, name: str = "target") -> torch.Tensor | None:
     """Class indices per row as a (B,) int64 CPU tensor; None stays None (top-1 later).
 
-    Accepts an int (every row), a sequence or 1-D tensor of length B.
+    Accepts an int, a numpy integer or a 0-d tensor (every row), or a sequence, 1-D int32 /
+    int64 tensor or array of length B (`fastviz.checks.index_list`).
     """
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise FastvizError(f"{name}: expected a class index, got {target!r}")
-    if isinstance(target, int):
-        t = torch.full((batch,), target, dtype=torch.long)
+    if getattr(target, "ndim", None) == 0 or not isinstance(target, (Iterable, str, bytes)):
+        t = [checks.index(target, name, num_classes, "class index", "classes")] * batch
     else:
-        try:
-            t = torch.as_tensor(target)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise FastvizError(f"{name}: expected an int, a list of ints or a tensor, got {target!r}") from e
-        if t.dim() == 0:
-            t = t.expand(batch)
-        if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
-            raise FastvizError(f"{name}: expected integer class indices, got {t.dtype} of shape {tuple(t.shape)}")
-        if t.numel() != batch:
-            raise FastvizError(f"{name}: expected one class per image ({batch}), got {t.numel()}")
-        t = t.to("cpu", torch.long)
-    bad = (t < 0) | (t >= num_classes)
-    if bool(bad.any()):
-        raise FastvizError(f"{name}: class index {int(t[bad][0])} outside [0, {num_classes})")
-    return t
+        t = checks.index_list(target, name, num_classes, "class index", "classes")
+        if len(t) != batch:
+            raise FastvizError(f"{name}: expected one class per image ({batch}), got {len(t)}")
+    return torch.tensor(t, dtype=torch.long)
 
 
 def positive_int(value, name: str) -> int:
-    """`value` when it is an int >= 1 (not a bool); else FastvizError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FastvizError(f"{name}: expected an int >= 1, got {value!r}")
-    return value
+    """`value` as an int >= 1 (ints, numpy integers, 0-d int tensors; not bools); else FastvizError."""
+    return checks.positive_int(value, name)
 
 
 def as_index_list(values, name: str, upper: int | None = None) -> list[int]:
-    """An int, range or sequence of ints -> list, each in [0, upper)."""
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError) as e:
-        raise FastvizError(f"{name}: expected ints, got {values!r}") from e
-    if not out:
-        raise FastvizError(f"{name}: expected at least one index, got none")
-    for v in out:
-        if v < 0 or (upper is not None and v >= upper):
-            raise FastvizError(f"{name}: index {v} outside [0, {upper})")
-    return out
+    """An int, range, sequence or 1-D integer tensor -> list, each in [0, upper)."""
+    if name == "classes":
+        return checks.index_list(values, name, upper, "class index", "classes")
+    return checks.index_list(values, name, upper)
 
 
 def pick(scores: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,4 +41,4 @@ def test_synthesis_commands_write_grids(photos, tmp_path, capsys):
                  "--out", str(tmp_path / "i")]) == 0
     assert "class models: 2 images" in capsys.readouterr().out
     assert main(["class", "1000", "--steps", "2"]) == 2
-    assert "classes: index 1000 outside" in capsys.readouterr().err
+    assert "classes: class index 1000 is out of range" in capsys.readouterr().err

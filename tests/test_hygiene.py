@@ -95,6 +95,10 @@ BAD_CALLS += [
     ("smoothgrad n", lambda m: fv.smoothgrad(m, X, n=0)),
     ("integrated_gradients method", lambda m: fv.integrated_gradients(m, X, method="simpson")),
     ("embed too few", lambda m: fv.embed(m, torch.rand(2, 3, 32, 32), method="tsne")),
+    ("class_model meta device", lambda m: fv.class_model(m, [1], steps=1, device="meta")),
+    ("features meta device", lambda m: fv.features(m, X, device="meta")),
+    ("predict nan pixels", lambda m: fv.predict(m, X.masked_fill(X > 0.9, float("nan")))),
+    ("deepdream normalised photo", lambda m: fv.deepdream(m, (X[:1] - 0.5) / 0.25, "features.3")),
 ]
 
 # The atlas writes into a fresh directory per call.

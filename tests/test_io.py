@@ -53,4 +53,7 @@ def test_tensor_checks():
     with pytest.raises(fv.FastvizError, match="x: expected 3 channels"):
         fv.io.check_images(torch.rand(1, 4, 8, 8), channels=3)
     with pytest.raises(fv.FastvizError, match="float images"):
-        fv.io.check_images(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+        fv.io.check_images(torch.zeros(1, 3, 8, 8, dtype=torch.int16))
+    # uint8 is taken as 0-255 (docs/reliability.md)
+    torch.testing.assert_close(fv.io.check_images(torch.full((1, 3, 2, 2), 51, dtype=torch.uint8)),
+                               torch.full((1, 3, 2, 2), 0.2))

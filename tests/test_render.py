@@ -163,7 +163,7 @@ def test_a_nan_stops_the_run_and_says_at_which_step():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda m: fv.class_model(m, [1000]), r"classes: index 1000 outside \[0, 1000\)"),
+    (lambda m: fv.class_model(m, [1000]), r"classes: class index 1000 is out of range for 1000 classes \(0-999\)"),
     (lambda m: fv.class_model(m, [1], steps=0), "steps: expected an int >= 1"),
     (lambda m: fv.class_model(m, [1], batch_size=0), "batch_size: expected an int >= 1"),
     (lambda m: fv.class_model(m, [1], backend="graph"), "backend: 'graph' needs a CUDA device"),
