@@ -79,14 +79,14 @@ class LoweredModel(Model):
 
     def __init__(self, source: Model, module: nn.Module, report: LowerReport):
         super().__init__(module, source.mean, source.std, source.input_size, source.labels,
-                         name=source.name)
+                         name=source.name, output=source.output)
         self.source, self.report = source, report
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
         if self.report.channels_last and x.dim() == 4:
             x = _ChannelsLast.apply(x)
-        return self.module(x)
+        return self.select(self.module(x))
 
     def __repr__(self) -> str:
         return f"LoweredModel({self.name}, folded {len(self.report.folded)} BN, {self.report.method})"
