@@ -105,7 +105,8 @@ def validate_record(record, schema: dict = MANIFEST_SCHEMA, where: str = "record
                 validate_record(record[key], sub, f"{where}.{key}")
     if isinstance(record, list):
         if not schema.get("minItems", 0) <= len(record) <= schema.get("maxItems", len(record)):
-            raise FastvizError(f"{where}: {len(record)} items, expected {schema.get('minItems')}-{schema.get('maxItems')}")
+            raise FastvizError(f"{where}: {len(record)} items, expected "
+                               f"{schema.get('minItems')}-{schema.get('maxItems')}")
         for i, item in enumerate(record):
             validate_record(item, schema.get("items", {}), f"{where}[{i}]")
 
