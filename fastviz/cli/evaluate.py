@@ -145,7 +145,8 @@ def plot(results: dict, path: Path) -> bool:
     ax[2].set(title="ROAD: MoRF solid, LeRF dashed", xlabel="% of pixels removed")
     ax[3].set(title="cascading randomisation", xlabel="stages randomised (top first)", ylabel="Spearman")
     for a in ax:
-        a.legend(fontsize=7)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
