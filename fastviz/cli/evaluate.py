@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     p.add_argument("--steps", type=int, default=50, help="deletion / insertion curve steps (default 50)")
     p.add_argument("--percentiles", nargs="+", type=float, default=list(range(10, 100, 10)),
-                   help="ROAD: percent of pixels removed (default 10 20 ... 90)")
+                   help="ROAD: percent of pixels removed (default 10 20 ... 90). Each is two sparse "
+                        "solves per image on the CPU, 0.1-10 s each at 224x224: the slow part")
+    p.add_argument("--no-road", action="store_true", help="skip ROAD")
     p.add_argument("--rand-images", type=int, default=4,
                    help="images for the randomisation check (the first N; 0 skips it; default 4)")
     add_model_args(p)
@@ -72,29 +74,30 @@ def evaluate(model, files: list[Path], methods: list[str], steps: int = 50, perc
             n += x.shape[0]
             dele.append(metrics.deletion(model, x, maps, steps=steps))
             ins.append(metrics.insertion(model, x, maps, steps=steps))
-            road.append(metrics.road(model, x, maps, percentiles=percentiles))
+            if percentiles:
+                road.append(metrics.road(model, x, maps, percentiles=percentiles))
             if len(rand_x) * batch_size < rand_images:
                 rand_x.append(x.cpu())
         cat = lambda rs, f: torch.cat([getattr(r, f) for r in rs])  # noqa: E731
         entry = {
             "deletion_auc": cat(dele, "auc").mean().item(),
             "insertion_auc": cat(ins, "auc").mean().item(),
-            "road_combined": cat(road, "combined").mean().item(),
-            "road_morf": cat(road, "morf").mean().item(),
-            "road_lerf": cat(road, "lerf").mean().item(),
             "ms_per_image": ms / n,
             "images": n,
             "curves": {
                 "fractions": dele[0].fractions.tolist(),
                 "deletion": cat(dele, "curve").mean(0).tolist(),
                 "insertion": cat(ins, "curve").mean(0).tolist(),
-                "road_percentiles": road[0].percentiles.tolist(),
-                "road_morf": cat(road, "morf").mean(0).tolist(),
-                "road_lerf": cat(road, "lerf").mean(0).tolist(),
             },
-            "per_image": {"deletion_auc": cat(dele, "auc").tolist(), "insertion_auc": cat(ins, "auc").tolist(),
-                          "road_combined": cat(road, "combined").tolist()},
+            "per_image": {"deletion_auc": cat(dele, "auc").tolist(), "insertion_auc": cat(ins, "auc").tolist()},
         }
+        if road:
+            entry.update(road_combined=cat(road, "combined").mean().item(), road_morf=cat(road, "morf").mean().item(),
+                         road_lerf=cat(road, "lerf").mean().item())
+            entry["curves"].update(road_percentiles=road[0].percentiles.tolist(),
+                                   road_morf=cat(road, "morf").mean(0).tolist(),
+                                   road_lerf=cat(road, "lerf").mean(0).tolist())
+            entry["per_image"]["road_combined"] = cat(road, "combined").tolist()
         if rand_images > 0:
             xr = torch.cat(rand_x)[:rand_images].to(model.device)
             r = metrics.randomization_check(model, xr, name)
@@ -113,7 +116,8 @@ def markdown(results: dict, model_name: str, n_images: int) -> str:
              "|---|---|---|---|---|---|"]
     for name, e in results.items():
         rand = f"{e['randomization_similarity']:.3f}" if "randomization_similarity" in e else "-"
-        lines.append(f"| {name} | {e['deletion_auc']:.3f} | {e['insertion_auc']:.3f} | {e['road_combined']:.4f} "
+        road = f"{e['road_combined']:.4f}" if "road_combined" in e else "-"
+        lines.append(f"| {name} | {e['deletion_auc']:.3f} | {e['insertion_auc']:.3f} | {road} "
                      f"| {rand} | {e['ms_per_image']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -131,8 +135,9 @@ def plot(results: dict, path: Path) -> bool:
         c = e["curves"]
         ax[0].plot(c["fractions"], c["deletion"], label=name)
         ax[1].plot(c["fractions"], c["insertion"], label=name)
-        line = ax[2].plot(c["road_percentiles"], c["road_morf"], label=f"{name} MoRF")[0]
-        ax[2].plot(c["road_percentiles"], c["road_lerf"], "--", color=line.get_color())
+        if "road_morf" in c:
+            line = ax[2].plot(c["road_percentiles"], c["road_morf"], label=f"{name} MoRF")[0]
+            ax[2].plot(c["road_percentiles"], c["road_lerf"], "--", color=line.get_color())
         if "randomization_similarity" in c:
             ax[3].plot(range(len(c["randomization_stages"])), c["randomization_similarity"], label=name)
     ax[0].set(title="deletion (lower AUC better)", xlabel="fraction of pixels deleted", ylabel="probability")
@@ -140,7 +145,8 @@ def plot(results: dict, path: Path) -> bool:
     ax[2].set(title="ROAD: MoRF solid, LeRF dashed", xlabel="% of pixels removed")
     ax[3].set(title="cascading randomisation", xlabel="stages randomised (top first)", ylabel="Spearman")
     for a in ax:
-        a.legend(fontsize=7)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
@@ -160,10 +166,11 @@ def run(args) -> int:
     model = model_from_args(args)
     files = io._expand(args.paths)
     out = out_dir(args.out)
-    results = evaluate(model, files, args.methods, args.steps, args.percentiles, args.rand_images,
+    percentiles = [] if args.no_road else args.percentiles
+    results = evaluate(model, files, args.methods, args.steps, percentiles, args.rand_images,
                        args.batch_size)
     report = {"model": args.model, "device": str(model.device), "images": [str(f) for f in files],
-              "steps": args.steps, "percentiles": args.percentiles, "rand_images": args.rand_images,
+              "steps": args.steps, "percentiles": percentiles, "rand_images": args.rand_images,
               "methods": results}
     _write(out / "report.json", json.dumps(report, indent=1))
     table = markdown(results, args.model, len(files))
