@@ -79,15 +79,45 @@ def floor_ms(model: fv.Model, rows: int, reps: int = 3) -> float:
     return 1000 * statistics.median(ts[1:])
 
 
+FEATURE_LAYER, FEATURE_CHANNELS = "_blocks.10", [0, 1, 2, 3, 4, 5]
+FEATURE_SETTINGS = {
+    "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),  # today's default
+    "fft": dict(param="fft", steps=256),                         # the new default
+}
+
+
+def features(out: Path) -> None:
+    """Channel visualisations of FEATURE_LAYER: the channel's mean activation on each picture."""
+    lite0 = fv.load_model()
+    results, rows = {}, []
+    for name, kw in FEATURE_SETTINGS.items():
+        t0 = time.perf_counter()
+        r = fv.feature(lite0, FEATURE_LAYER, FEATURE_CHANNELS, **kw)
+        with session(lite0) as s, torch.no_grad():
+            a = s.forward(r.images, [FEATURE_LAYER])[0][FEATURE_LAYER].mean((2, 3))
+        act = a[range(len(FEATURE_CHANNELS)), FEATURE_CHANNELS]
+        results[name] = {"steps": kw["steps"], "activation": act.tolist(), "mean_activation": float(act.mean()),
+                         "slope": float(spectral_slope(r.images).median()), "seconds": time.perf_counter() - t0}
+        print(f"feature {name}: mean channel activation {float(act.mean()):.1f} {[round(v, 1) for v in act.tolist()]}"
+              f" | slope {results[name]['slope']:.2f} | {results[name]['seconds']:.0f} s", flush=True)
+        rows.append(r.images)
+    (out / "features.json").write_text(json.dumps(results, indent=1))
+    fv.save_image(fv.grid(torch.cat(rows), nrow=len(FEATURE_CHANNELS)), ROOT / "docs" / "img" / "quality_features.jpg")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--classes", default=",".join(map(str, CLASSES)))
     ap.add_argument("--out", default=str(ROOT / "out" / "quality"))
+    ap.add_argument("--features", action="store_true", help="channel visualisations instead of class models")
     args = ap.parse_args()
     malloc = tune_malloc()
     torch.set_num_threads(1)
+    if args.features:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        return features(Path(args.out))
     classes = [int(c) for c in args.classes.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
