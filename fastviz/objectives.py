@@ -51,6 +51,11 @@ class Objective:
     def to(self, device) -> "Objective":
         return self._map(lambda t: t.to(device))
 
+    def repeat(self, k: int) -> "Objective":
+        """The objective of a batch where each row is repeated k times in place (k views of an
+        image are k consecutive network rows)."""
+        return self._map(lambda t: t.repeat_interleave(k, 0))
+
     def check(self, acts: dict[str, Tensor]) -> None:
         """Validate indices against the activations once, before the loop (raises FastvizError)."""
 
@@ -110,6 +115,9 @@ class Sum(Objective):
 
     def to(self, device):
         return Sum([(w, o.to(device)) for w, o in self.terms])
+
+    def repeat(self, k):
+        return Sum([(w, o.repeat(k)) for w, o in self.terms])
 
     def check(self, acts):
         for _, o in self.terms:
@@ -277,6 +285,44 @@ class Inversion(Objective):
         return f"invert({self.layer!r})"
 
 
+class Diversity(Objective):
+    """Olah et al. 2017's diversity term: rows of one target pushed apart in style.
+
+    Per row r: minus the mean cosine similarity between r's Gram matrix at `layer` and those of
+    the other rows of its group (same `group` id, another image), 0 for a row alone in its group.
+    Views of one image (`repeat`) share an image id and never compare with each other.
+
+    Args:
+        layer: the layer whose Gram matrices (C x C, over positions) are compared.
+        groups: (B,) ints, rows with equal ids are one target (e.g. the class of each row).
+
+    Example:
+        >>> obj = class_score([130] * 4) + 50 * Diversity("_blocks.6", [130] * 4)
+    """
+
+    row_tensors = ("group", "image")
+
+    def __init__(self, layer: str, groups):
+        self.layer = layer
+        self.layers = {layer}
+        self.group = _indices(groups, "groups")
+        self.image = torch.arange(self.group.numel())
+        self.rows = self.group.numel()
+
+    def score(self, acts, img):
+        a = acts[self.layer].float().flatten(2)  # (N, C, hw)
+        gram = (a @ a.transpose(1, 2)).flatten(1) / a.shape[2]
+        gram = torch.nn.functional.normalize(gram, dim=1)
+        cos = gram @ gram.T  # (N, N)
+        pair = (self.group[:, None] == self.group[None]) & (self.image[:, None] != self.image[None])
+        n = pair.sum(1).clamp_min(1)
+        return -(cos * pair).sum(1) / n
+
+    @property
+    def description(self):
+        return f"diversity({self.layer!r})"
+
+
 # -- the functional forms users write -------------------------------------------------------
 def class_score(classes: int | Sequence[int]) -> ClassScore:
     return ClassScore(classes)
@@ -292,3 +338,7 @@ def neurons(layer: str, channels, ys, xs) -> NeuronScore:
 
 def dream(layer: str) -> Dream:
     return Dream(layer)
+
+
+def diversity(layer: str, groups) -> Diversity:
+    return Diversity(layer, groups)

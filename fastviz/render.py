@@ -17,11 +17,47 @@ from .engine import Render
 from .errors import FastvizError
 from .hooks import on_device, session  # on_device: kept importable from here
 from .models import Model, as_model
-from .objectives import ClassScore, Channel, Dream, Inversion, NeuronScore, Objective
+from .objectives import ClassScore, Channel, Diversity, Dream, Inversion, NeuronScore, Objective
+from .param import PARAMS, make_param
 from .regularizers import NONE, Yosinski
 from .targets import Neuron, as_index_list, positive_int
+from .transforms import Transforms, as_transforms
 
 DEFAULT_SIZE = 224
+
+# What each parameterisation runs with unless told otherwise (docs/quality.md has the measurements).
+# pixel: the seed's method (Yosinski regularizer, no transforms); fft: lucent's defaults (Adam
+# 0.05, pad / jitter / scale / rotate); maco: 4 crops of 50-100% of the side + noise, Adam 0.2.
+PARAM_DEFAULTS = {
+    "pixel": dict(lr=0.05, transforms=None),
+    "fft": dict(lr=0.05, transforms=Transforms.lucent()),
+    "maco": dict(lr=0.2, transforms=Transforms.maco()),
+}
+
+
+def _method(param: str, reg, lr, transforms) -> dict:
+    """reg, lr and transforms for `param`, filling in its defaults ("auto" transforms, None lr/reg)."""
+    if param not in PARAMS:
+        raise FastvizError(f"param: expected one of {PARAMS}, got {param!r}")
+    d = PARAM_DEFAULTS[param]
+    if reg is None:
+        reg = Yosinski() if param == "pixel" else NONE
+    t = d["transforms"] if isinstance(transforms, str) and transforms == "auto" else as_transforms(transforms)
+    return dict(param=param, reg=reg, lr=d["lr"] if lr is None else lr, transforms=t)
+
+
+def _diversity(m: Model, objective: Objective, groups, weight: float, layer: str | None) -> Objective:
+    if not weight:
+        return objective
+    if not isinstance(weight, (int, float)) or weight < 0:
+        raise FastvizError(f"diversity: expected a weight >= 0, got {weight!r}")
+    if layer is None:
+        blocks = [n for n in m.layer_names() if n.startswith("_blocks.") and n.count(".") == 1]
+        if not blocks:
+            raise FastvizError("diversity_layer: name the layer whose Gram matrices are compared")
+        layer = blocks[len(blocks) // 2]
+    m.layer(layer)
+    return objective + float(weight) * Diversity(layer, groups)
 
 
 def _size(model: Model, size) -> tuple[int, int]:
@@ -48,7 +84,7 @@ def _start(model: Model, rows: range, size, init: str, seed: int, device) -> tor
 
 def render_objective(model, objective: Objective, rows: int, *, steps: int = 200, seed: int = 0,
            batch_size: int | None = None, device=None, progress=None, size=None, init: str = "zero",
-           start: torch.Tensor | None = None, **loop) -> Render:
+           start: torch.Tensor | None = None, param: str = "pixel", **loop) -> Render:
     """Render `rows` rows of `objective` in batches; the general form behind every synthesis call.
 
     Args:
@@ -58,9 +94,11 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
         steps, seed, batch_size (rows at once, default all), device, progress: see class_model.
         size: image size (default: the model's input size, else 224).
         init: "zero" (the mean image) or "noise" (std 0.01).
-        start: (rows, C, H, W) images in [0, 1] to start from instead of `init`.
-        **loop: passed to `fastviz.engine.run` (reg, optimizer, lr, l2, jitter, backend, impl,
-            amp, snapshot_every, progress_every).
+        start: (rows, C, H, W) images in [0, 1] to start from instead of `init` (pixel only).
+        param: "pixel" (start from `init` / `start`), "fft" or "maco" (random spectrum / phase;
+            row r's start depends on (seed, r) only).
+        **loop: passed to `fastviz.engine.run` (reg, optimizer, lr, l2, jitter, transforms,
+            backend, impl, amp, snapshot_every, progress_every).
     """
     m = as_model(model)
     if not isinstance(objective, Objective):
@@ -84,12 +122,18 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
     if min(batch_size, rows) * c * h * w > checks.MAX_ELEMENTS:
         raise FastvizError(f"{batch_name}: {min(batch_size, rows)} images of {c}x{h}x{w} are more than "
                            f"a batch holds (2**31 values); lower batch_size or size")
+    if param not in PARAMS:
+        raise FastvizError(f"param: expected one of {PARAMS}, got {param!r}")
+    if start is not None and param != "pixel":
+        raise FastvizError(f"start: a start image needs param='pixel', got param={param!r}")
     engine.check_loop(min(batch_size, rows), steps, seed=seed, progress=progress, **loop)
     chunks = [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
     parts: list[Render] = []
     with on_device(m, device) as dev:
         for k, (a, b) in enumerate(chunks):
-            if start is not None:
+            if param != "pixel":
+                x0 = make_param(param, b - a, (h, w), device=dev, seed=seed, first_row=a)
+            elif start is not None:
                 x0 = start[a:b].to(dev, torch.float32)
                 x0 = x0 - m.mean_tensor(x0)
             else:
@@ -107,48 +151,64 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
                   objective.description, info)
 
 
-def class_model(model, classes: int | Sequence[int], *, steps: int = 200, seed: int = 0,
-                batch_size: int | None = None, device=None, progress=None,
-                reg: Yosinski | None = None, lr: float = 0.05, optimizer: str = "adam",
-                l2: float = 0.0, **loop) -> Render:
-    """Class models (Simonyan et al. 2014): argmax_I S_c(I) - l2 * ||I||^2 from the zero image,
-    with the Yosinski et al. 2015 regularizers.
+def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: int = 0,
+                batch_size: int | None = None, device=None, progress=None, param: str = "maco",
+                transforms="auto", reg: Yosinski | None = None, lr: float | None = None,
+                optimizer: str = "adam", l2: float = 0.0, diversity: float = 0.0,
+                diversity_layer: str | None = None, **loop) -> Render:
+    """Class models: argmax_I S_c(I) (Simonyan et al. 2014), one image per class, batched.
+
+    The default is MACO (Fel et al. 2023): a fixed natural-photo magnitude spectrum, only the
+    phase optimised, 4 random crops of 50-100% of the side per image and step (4 network rows
+    per image); pictures another network recognises (docs/quality.md). The seed's method,
+    pixels with the Yosinski et al. 2015 regularizers, is `param="pixel"`.
 
     Args:
         model: `Model` or nn.Module (its logits are the class scores S_c, before softmax).
         classes: a class index or a list: one image per class, rendered in one batched loop.
         steps: gradient-ascent steps.
-        seed: makes the run deterministic (jitter, noise init). The start image of a row does
-            not depend on batch_size; with jitter, the shifts do (one generator per batch).
+        seed: makes the run deterministic (start, jitter, transforms). A row's start does not
+            depend on batch_size; the random transforms do (one generator per batch).
         batch_size: rows rendered at once (default: all); 1000 classes at 250 = 4 batches.
         device: where to render (default: where the model is; the model is moved back after).
         progress: called as progress(steps_done, total_steps).
-        reg: the regularizer (default `Yosinski()`; `fastviz.regularizers.NONE` for none).
-        lr, optimizer, l2: step size on the [0, 1] scale, "adam" | "sgd", Simonyan's lambda.
+        param: "maco" (default), "fft" (Lucid: 1/f spectrum + decorrelated colour) or "pixel".
+        transforms: "auto" (the param's default: maco 4 crops, fft lucent's pad / jitter / scale /
+            rotate, pixel none), a `fastviz.Transforms`, "lucent", "maco" or None.
+        reg: the Yosinski regularizer (pixel only; default `Yosinski()` for pixel, none otherwise).
+        lr: step size (default per param: maco 0.2, fft and pixel 0.05).
+        optimizer, l2: "adam" | "sgd", Simonyan's lambda on the leaf.
+        diversity: weight of the diversity term (rows of one class pushed apart, Olah 2017).
+        diversity_layer: its layer (default: the middle `_blocks.N` of an EfficientNet).
         **loop: jitter, backend ("auto" | "eager" | "graph"), impl, amp, snapshot_every, size, init.
 
     Returns:
         Render: images (N, 3, H, W) in [0, 1], history (steps, N) of class scores.
 
     Example:
-        >>> r = class_model(load_model(), [1, 130, 285, 980], steps=200)
+        >>> r = class_model(load_model(), [1, 130, 285, 980])
         >>> r.images.shape
         torch.Size([4, 3, 224, 224])
+        >>> r = class_model(load_model(), [130], param="pixel", reg=Yosinski())  # the seed's
     """
     m = as_model(model)
     idx = as_index_list(classes, "classes", m.num_classes)
-    return render_objective(m, ClassScore(idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
-                  device=device, progress=progress, reg=Yosinski() if reg is None else reg, lr=lr,
-                  optimizer=optimizer, l2=l2, **loop)
+    obj = _diversity(m, ClassScore(idx), idx, diversity, diversity_layer)
+    return render_objective(m, obj, len(idx), steps=steps, seed=seed, batch_size=batch_size,
+                  device=device, progress=progress, optimizer=optimizer, l2=l2,
+                  **_method(param, reg, lr, transforms), **loop)
 
 
-def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 200, seed: int = 0,
-            batch_size: int | None = None, device=None, progress=None, reg: Yosinski | None = None,
-            lr: float = 0.05, init: str = "noise", **loop) -> Render:
+def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 256, seed: int = 0,
+            batch_size: int | None = None, device=None, progress=None, param: str = "fft",
+            transforms="auto", reg: Yosinski | None = None, lr: float | None = None,
+            init: str = "noise", diversity: float = 0.0, diversity_layer: str | None = None,
+            **loop) -> Render:
     """Channel visualisation: maximise the mean activation of each channel of `layer`, one per row.
 
-    The forward stops at `layer`. Same arguments as `class_model`; starts from small noise
-    (a uniform image gives every interior pixel the same gradient).
+    The forward stops at `layer`. Same arguments as `class_model`; the default parameterisation
+    is "fft" with lucent's transforms (docs/quality.md). With param="pixel" it starts from small
+    noise (a uniform image gives every interior pixel the same gradient).
 
     Returns:
         Render: images (len(channels), 3, H, W), history of channel means.
@@ -156,15 +216,18 @@ def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 20
     m = as_model(model)
     m.layer(layer)
     idx = as_index_list(channels, "channels")
-    return render_objective(m, Channel(layer, idx), len(idx), steps=steps, seed=seed, batch_size=batch_size,
-                  device=device, progress=progress, reg=Yosinski() if reg is None else reg, lr=lr,
-                  init=init, **loop)
+    obj = _diversity(m, Channel(layer, idx), idx, diversity, diversity_layer or layer)
+    return render_objective(m, obj, len(idx), steps=steps, seed=seed, batch_size=batch_size,
+                  device=device, progress=progress, init=init, **_method(param, reg, lr, transforms), **loop)
 
 
-def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 200, seed: int = 0,
-           batch_size: int | None = None, device=None, progress=None, reg: Yosinski | None = None,
-           lr: float = 0.05, init: str = "noise", **loop) -> Render:
+def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 256, seed: int = 0,
+           batch_size: int | None = None, device=None, progress=None, param: str = "fft",
+           transforms="auto", reg: Yosinski | None = None, lr: float | None = None,
+           init: str = "noise", **loop) -> Render:
     """Visualise single units: one `Neuron` per row (all on one layer), y/x None = centre.
+
+    Same arguments as `feature` (default "fft" with lucent's transforms).
 
     Returns:
         Render: images (N, 3, H, W), history of the units' activations.
@@ -183,7 +246,7 @@ def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 200, seed:
     xs = [w // 2 if u.x is None else u.x for u in units]
     obj = NeuronScore(layer, [u.channel for u in units], ys, xs)
     return render_objective(m, obj, len(units), steps=steps, seed=seed, batch_size=batch_size, device=device,
-                  progress=progress, reg=Yosinski() if reg is None else reg, lr=lr, init=init, **loop)
+                  progress=progress, init=init, **_method(param, reg, lr, transforms), **loop)
 
 
 def _feature_size(m: Model, layer: str, size=None) -> tuple[int, int]:

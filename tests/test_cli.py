@@ -42,3 +42,13 @@ def test_synthesis_commands_write_grids(photos, tmp_path, capsys):
     assert "class models: 2 images" in capsys.readouterr().out
     assert main(["class", "1000", "--steps", "2"]) == 2
     assert "classes: class index 1000 is out of range" in capsys.readouterr().err
+
+
+def test_synthesis_method_flags(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["class", "130", "130", "--param", "fft", "--transforms", "none", "--diversity", "1",
+                 "--steps", "2", "--out", str(out)]) == 0
+    assert (out / "grid.png").is_file()
+    assert main(["class", "130", "--param", "pixel", "--decay", "0.01", "--steps", "2", "--out", str(out)]) == 0
+    assert main(["class", "130", "--decay", "0.01", "--steps", "2"]) == 2  # maco has no Yosinski step
+    assert "reg: the Yosinski regularizer applies to param='pixel' only" in capsys.readouterr().err

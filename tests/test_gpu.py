@@ -45,7 +45,8 @@ def _close(a: fv.Render, b: fv.Render, what: str):
     assert hist < 1e-4 and img < 1e-4, (img, hist)
 
 
-@pytest.mark.parametrize("kind", ["class", "feature-jitter", "neuron", "dream"])
+@pytest.mark.parametrize("kind", ["class", "feature-jitter", "neuron", "dream", "class-maco", "feature-fft",
+                                  "class-diversity"])
 def test_graph_equals_eager(gpu_model, deterministic, kind):
     m = gpu_model
     runs = []
@@ -53,11 +54,17 @@ def test_graph_equals_eager(gpu_model, deterministic, kind):
     for backend in ("eager", "graph"):
         kw = dict(steps=12, seed=0, backend=backend)
         if kind == "class":
-            runs.append(fv.class_model(m, [1, 130, 285, 980], **kw))
+            runs.append(fv.class_model(m, [1, 130, 285, 980], param="pixel", **kw))
         elif kind == "feature-jitter":
-            runs.append(fv.feature(m, "_blocks.10", [0, 1, 2], jitter=4, **kw))
+            runs.append(fv.feature(m, "_blocks.10", [0, 1, 2], jitter=4, param="pixel", **kw))
         elif kind == "neuron":
-            runs.append(fv.neuron(m, [fv.Neuron("_blocks.8", 3), fv.Neuron("_blocks.8", 4, 2, 2)], **kw))
+            runs.append(fv.neuron(m, [fv.Neuron("_blocks.8", 3), fv.Neuron("_blocks.8", 4, 2, 2)], param="pixel", **kw))
+        elif kind == "class-maco":  # the new default: phase leaf, 4 crops from the device generator
+            runs.append(fv.class_model(m, [1, 130, 285, 980], **kw))
+        elif kind == "feature-fft":  # fft + lucent's pad / jitter / scale / rotate
+            runs.append(fv.feature(m, "_blocks.10", [0, 1, 2], **kw))
+        elif kind == "class-diversity":
+            runs.append(fv.class_model(m, [130, 130], diversity=50.0, **kw))
         else:
             runs.append(fv.render_objective(m, fv.dream("_blocks.6"), 2, start=photo, optimizer="normalized",
                                   lr=0.01, **kw))
@@ -69,7 +76,7 @@ def test_regularizer_kernel_in_the_loop_equals_torch(gpu_model, deterministic):
     agree to 2e-7 in isolation (bench/kernel_bench.py). Longer runs are not compared: a pixel
     whose score sits within rounding of a clip threshold may flip, and Adam amplifies it
     (measured: 3 steps from noise gave a mean |diff| of 0.0085)."""
-    kw = dict(steps=1, backend="eager", init="noise")
+    kw = dict(steps=1, backend="eager", init="noise", param="pixel")
     a = fv.class_model(gpu_model, [1, 285], impl="torch", **kw)
     b = fv.class_model(gpu_model, [1, 285], impl="triton", **kw)
     differ = (a.images - b.images).abs().amax(1) > 1e-5
@@ -78,7 +85,7 @@ def test_regularizer_kernel_in_the_loop_equals_torch(gpu_model, deterministic):
 
 
 def test_amp_graph_renders_classifiable_images(gpu_model):
-    r = fv.class_model(gpu_model, [1, 130, 285, 980], steps=64, amp=True, backend="graph")
+    r = fv.class_model(gpu_model, [1, 130, 285, 980], steps=64, amp=True, backend="graph", param="pixel")
     assert r.info["backend"] == "graph" and bool(torch.isfinite(r.images).all())
     with torch.no_grad():
         top = gpu_model(r.images.cuda()).argmax(1).tolist()

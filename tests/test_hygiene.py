@@ -133,6 +133,22 @@ BAD_CALLS += [
     ("randomization_check target", lambda m: fv.randomization_check(m, X, "saliency", target=10)),
 ]
 
+# Parameterisations, transforms and diversity (issue 11).
+CALLS += [
+    ("class_model pixel", lambda m: fv.class_model(m, [1, 2], steps=2, param="pixel")),
+    ("class_model fft diversity", lambda m: fv.class_model(m, [1, 1], steps=2, param="fft", diversity=1.0,
+                                                           diversity_layer="features.3")),
+    ("feature maco transforms", lambda m: fv.feature(m, "features.3", [0], steps=2, param="maco",
+                                                     transforms=fv.Transforms(rotate=10, crops=2))),
+]
+BAD_CALLS += [
+    ("class_model param", lambda m: fv.class_model(m, [1], param="wavelet")),
+    ("class_model maco reg", lambda m: fv.class_model(m, [1], steps=1, param="maco", reg=fv.Yosinski())),
+    ("class_model diversity layer", lambda m: fv.class_model(m, [1, 1], steps=1, diversity=1.0)),
+    ("class_model transforms", lambda m: fv.class_model(m, [1], steps=1, transforms="big")),
+]
+
+
 @pytest.mark.parametrize("name,call", CALLS, ids=[c[0] for c in CALLS])
 def test_model_unchanged_after_call(model, snapshot, name, call):
     snap = snapshot(model.module)
@@ -180,5 +196,5 @@ def test_the_cpu_engine_uses_the_torch_reference(model, monkeypatch):
     seen = []
     real = regs.regularize_reference
     monkeypatch.setattr(regs, "regularize_reference", lambda *a, **k: seen.append(1) or real(*a, **k))
-    fv.class_model(model, [1], steps=2)
+    fv.class_model(model, [1], steps=2, param="pixel")
     assert len(seen) == 2

@@ -72,3 +72,24 @@ def test_jitter_roll_is_an_exact_per_row_roll():
     dy, dx = torch.tensor([0, 2, -1]), torch.tensor([3, -4, 0])
     expected = torch.stack([torch.roll(img[i], (int(dy[i]), int(dx[i])), (1, 2)) for i in range(3)])
     torch.testing.assert_close(_roll(img, dy, dx), expected, rtol=0, atol=0)
+
+
+def test_diversity_is_minus_the_gram_cosine_within_a_group():
+    torch.manual_seed(0)
+    a = torch.rand(1, 4, 5, 5)
+    b = torch.rand(1, 4, 5, 5)
+    acts = {"l": torch.cat([a, a, b])}
+    img = torch.zeros(3, 3, 8, 8)
+    s = fv.diversity("l", [7, 7, 9]).score(acts, img)
+    torch.testing.assert_close(s, torch.tensor([-1.0, -1.0, 0.0]))  # identical pair; row 2 alone
+    ga, gb = ((t.flatten(2) @ t.flatten(2).transpose(1, 2)).flatten() for t in (a, b))
+    cos = float(torch.nn.functional.cosine_similarity(ga, gb, dim=0))
+    s = fv.diversity("l", [7, 7, 7]).score(acts, img)
+    torch.testing.assert_close(s[2], torch.tensor(-cos))
+    # Two views of each of two images: a view never compares with its own image's other view.
+    views = fv.diversity("l", [7, 7]).repeat(2)
+    s = views.score({"l": torch.cat([a, a, b, b])}, img)
+    torch.testing.assert_close(s, torch.full((4,), -cos))
+    # Composes with the others: per-row sums.
+    total = (fv.channel("l", [0, 1]) + 2 * fv.diversity("l", [1, 1])).score({"l": torch.cat([a, b])}, img[:2])
+    assert total.shape == (2,)

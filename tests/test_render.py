@@ -1,4 +1,9 @@
-"""Synthesis on the real pretrained model: class models, features, neurons, DeepDream, inversion."""
+"""Synthesis on the real pretrained model: class models, features, neurons, DeepDream, inversion.
+
+The seed's method (pixels + the Yosinski regularizer) is `param="pixel"`; the tests that encode
+its behaviour name it. The new defaults (MACO for class models, FFT for features and neurons)
+are tested at the end, and judged by EfficientNet-Lite1, a network they were not rendered on.
+"""
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ def layer_means(model, img, layer):
 
 @pytest.fixture(scope="module")
 def class_models(lite0):
-    return fv.class_model(lite0, CLASSES, steps=200, seed=0)
+    return fv.class_model(lite0, CLASSES, steps=200, seed=0, param="pixel", reg=fv.Yosinski())
 
 
 def test_class_models_are_classified_as_their_class(lite0, class_models):
@@ -41,14 +46,14 @@ def test_the_yosinski_regularizer_shapes_the_images(lite0, class_models):
     pixels sit exactly at the mean colour (the zero of the centred image)."""
     at_mean = (class_models.images - 0.5).abs().amax(1) < 1e-6
     assert bool((at_mean.flatten(1).float().mean(1) >= 0.29).all())
-    plain = fv.class_model(lite0, CLASSES[:1], steps=20, reg=NONE)
+    plain = fv.class_model(lite0, CLASSES[:1], steps=20, reg=NONE, param="pixel")
     at_mean = (plain.images - 0.5).abs().amax(1) < 1e-6
     assert float(at_mean.float().mean()) < 0.05
 
 
 def test_feature_raises_its_channel_far_above_photos(lite0, photos):
     chans = [0, 1, 2, 3]
-    r = fv.feature(lite0, "_blocks.10", chans, steps=60)
+    r = fv.feature(lite0, "_blocks.10", chans, steps=60, param="pixel")
     synth = layer_means(lite0, r.images, "_blocks.10")[range(4), chans]
     real = layer_means(lite0, fv.load_images(list(photos.values())), "_blocks.10")[:, chans].amax(0)
     print("synthesised", synth.tolist(), "best photo", real.tolist())
@@ -70,7 +75,7 @@ def test_feature_stops_the_forward_at_its_layer(lite0):
 
 def test_neuron_raises_its_unit(lite0):
     n = fv.Neuron("_blocks.10", channel=5, y=7, x=7)
-    r = fv.neuron(lite0, n, steps=30)
+    r = fv.neuron(lite0, n, steps=30, param="pixel")
     with session(lite0) as s, torch.no_grad():
         a, _ = s.forward(torch.cat([r.images, torch.full_like(r.images, 0.5)]), ["_blocks.10"])
     unit = a["_blocks.10"][:, 5, 7, 7]
@@ -114,6 +119,8 @@ def test_invert_matches_the_representation(lite0, photos):
 def test_deterministic_for_a_seed(lite0):
     a = fv.class_model(lite0, [1, 130, 285], steps=4, seed=3)
     assert torch.equal(a.images, fv.class_model(lite0, [1, 130, 285], steps=4, seed=3).images)
+    b = fv.class_model(lite0, [1, 130, 285], steps=4, seed=3, param="pixel")
+    assert torch.equal(b.images, fv.class_model(lite0, [1, 130, 285], steps=4, seed=3, param="pixel").images)
     f1 = fv.feature(lite0, "_blocks.4", [1], steps=2, seed=1)
     f2 = fv.feature(lite0, "_blocks.4", [1], steps=2, seed=2)
     assert not torch.equal(f1.images, f2.images)
@@ -135,7 +142,7 @@ def test_rows_are_independent_of_the_batch(lite0):
     and a difference of rounding stays rounding-sized; a row mixed with another would differ by
     the size of the move itself.
     """
-    kw = dict(steps=1, seed=3, init="noise", reg=NONE, optimizer="sgd", lr=0.01)
+    kw = dict(steps=1, seed=3, init="noise", reg=NONE, optimizer="sgd", lr=0.01, param="pixel")
     a = fv.class_model(lite0, [1, 130, 285], **kw)
     start = _start(lite0, range(3), None, "noise", 3, "cpu") + 0.5  # Lite0's mean colour is 0.5
     moved = (a.images - start).abs().amax()
@@ -179,3 +186,53 @@ def test_bad_arguments(lite0, snapshot, call, match):
     with pytest.raises(fv.FastvizError, match=match):
         call(lite0)
     snap.assert_unchanged()
+
+
+# -- the new defaults ------------------------------------------------------------------------------
+def test_default_class_model_is_maco_with_four_views(lite0):
+    r = fv.class_model(lite0, [130, 980], steps=12)
+    assert r.info["param"] == "maco" and r.info["views"] == 4
+    assert r.images.shape == (2, 3, 224, 224) and 0 <= float(r.images.min()) and float(r.images.max()) <= 1
+    assert bool((r.history[-1] > r.history[0] + 2).all()), r.history[[0, -1]]
+    slope = fv.param.spectral_slope(r.images)
+    assert bool(((slope < -2.3) & (slope > -3.3)).all()), slope  # a photo's spectrum, not pixel noise
+
+
+def test_default_feature_raises_its_channel(lite0, photos):
+    chans = [0, 1]
+    r = fv.feature(lite0, "_blocks.10", chans, steps=60)
+    assert r.info["param"] == "fft"
+    synth = layer_means(lite0, r.images, "_blocks.10")[range(2), chans]
+    real = layer_means(lite0, fv.load_images(list(photos.values())), "_blocks.10")[:, chans].amax(0)
+    assert bool((synth > 2 * real.clamp_min(1.0)).all()), (synth, real)
+
+
+def test_diversity_makes_rows_of_one_class_differ(lite0):
+    """With the term, the Gram matrices of two rows of one class at its layer are further apart
+    (what the term measures), and the class score still rises."""
+    kw = dict(steps=8, param="fft", transforms=None, seed=0)
+    same = fv.class_model(lite0, [130, 130], **kw)
+    apart = fv.class_model(lite0, [130, 130], diversity=50.0, **kw)
+    term = fv.diversity("_blocks.8", [0, 0])  # the default layer: Lite0's middle block
+    cos = []
+    for r in (same, apart):
+        with session(lite0) as s, torch.no_grad():
+            acts, _ = s.forward(r.images, ["_blocks.8"])
+        cos.append(float(-term.score(acts, r.images)[0]))
+    print("Gram cosine without / with diversity", cos)
+    assert cos[1] < cos[0] - 0.01, cos
+    assert bool((apart.history[-1] > apart.history[0]).all())
+
+
+@pytest.mark.slow
+def test_default_class_models_are_recognised_by_another_network(lite0):
+    """The issue's criterion in small: two default class models at 256 steps are in the top 5 of
+    EfficientNet-Lite1 (input 240), which they were not rendered on."""
+    lite1 = fv.load_model("efficientnet-lite1")
+    classes = [130, 980]
+    r = fv.class_model(lite0, classes, steps=256)
+    x = torch.nn.functional.interpolate(r.images, size=(240, 240), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top5 = lite1(x).topk(5, dim=1).indices
+    print("Lite1 top 5", top5.tolist())
+    assert all(c in row for c, row in zip(classes, top5.tolist()))

@@ -49,10 +49,15 @@ def _run(title: str, fn):
 
 
 def synthesis(model, photos: dict, out) -> None:
-    r = _run("class models", lambda bar: render.class_model(model, DEMO_CLASSES, steps=200, progress=bar))
-    image.save_image(image.grid(r.images, nrow=4), out / "class_models.png")
-    r = _run("channels _blocks.10", lambda bar: render.feature(model, "_blocks.10", range(8), steps=128, progress=bar))
-    image.save_image(image.grid(r.images, nrow=4), out / "channels_blocks10.png")
+    # The default (MACO, 4 crops) in the top row, the seed's pixel + Yosinski below it.
+    r = _run("class models", lambda bar: render.class_model(model, DEMO_CLASSES, steps=256, progress=bar))
+    seed = _run("class models, pixel + Yosinski", lambda bar: render.class_model(
+        model, DEMO_CLASSES, steps=200, param="pixel", progress=bar))
+    image.save_image(image.grid(torch.cat([r.images, seed.images]), nrow=4), out / "class_models.png")
+    r = _run("channels _blocks.10", lambda bar: render.feature(model, "_blocks.10", range(4), steps=256, progress=bar))
+    seed = _run("channels _blocks.10, pixel + Yosinski", lambda bar: render.feature(
+        model, "_blocks.10", range(4), steps=128, param="pixel", progress=bar))
+    image.save_image(image.grid(torch.cat([r.images, seed.images]), nrow=4), out / "channels_blocks10.png")
     cat = io.load_images(photos["chelsea"])
     r = _run("deepdream", lambda bar: render.deepdream(model, cat, "_blocks.8", progress=bar))
     image.save_image(image.grid(torch.cat([cat, r.images]), nrow=2), out / "deepdream_chelsea.png")

@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import image, io, render
+from ..param import PARAMS
 from ..regularizers import Yosinski
 from .common import add_model_args, add_out_arg, model_from_args, out_dir, slug
 
@@ -20,26 +21,38 @@ def _add_loop_args(p, steps: int = 200) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network")
 
 
-def _add_reg_args(p) -> None:
+REG_FIELDS = ("decay", "blur_every", "blur_sigma", "norm_percentile", "contribution_percentile")
+
+
+def _add_reg_args(p, default_param: str) -> None:
+    p.add_argument("--param", choices=PARAMS, default=default_param,
+                   help=f"image parameterisation (default {default_param}; pixel = the seed's method "
+                        "with the Yosinski regularizer)")
+    p.add_argument("--transforms", choices=("auto", "none", "lucent", "maco"), default="auto",
+                   help="random views per step: auto = the param's default (maco: 4 crops of 50-100%%, "
+                        "fft: lucent's pad/jitter/scale/rotate, pixel: none)")
+    p.add_argument("--diversity", type=float, default=0.0, help="weight of the diversity term (Olah 2017)")
     d = Yosinski()
-    p.add_argument("--decay", type=float, default=d.decay)
-    p.add_argument("--blur-every", type=int, default=d.blur_every)
-    p.add_argument("--blur-sigma", type=float, default=d.blur_sigma)
-    p.add_argument("--norm-percentile", type=float, default=d.norm_percentile)
-    p.add_argument("--contribution-percentile", type=float, default=d.contribution_percentile)
+    for name in REG_FIELDS:
+        p.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)), default=None,
+                       help=f"Yosinski regularizer, --param pixel only (default {getattr(d, name)})")
 
 
-def _reg(args) -> Yosinski:
-    return Yosinski(decay=args.decay, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
-                    norm_percentile=args.norm_percentile, contribution_percentile=args.contribution_percentile)
+def _method(args) -> dict:
+    """param, transforms, diversity and (pixel) the Yosinski regularizer from the flags."""
+    given = {n: getattr(args, n) for n in REG_FIELDS if getattr(args, n) is not None}
+    kw = dict(param=args.param, transforms=args.transforms, diversity=args.diversity)
+    if given or args.param == "pixel":
+        kw["reg"] = Yosinski(**given)  # with another param, the engine says the flags need pixel
+    return kw
 
 
 def register(sub) -> None:
-    p = sub.add_parser("class", help="class models by gradient ascent (Simonyan; Yosinski regularizers)")
+    p = sub.add_parser("class", help="class models by gradient ascent (MACO by default; --param pixel: Yosinski)")
     p.add_argument("classes", nargs="+", type=int)
     add_model_args(p)
-    _add_loop_args(p)
-    _add_reg_args(p)
+    _add_loop_args(p, steps=256)
+    _add_reg_args(p, "maco")
     add_out_arg(p, "out/class")
     p.set_defaults(func=run_class)
 
@@ -47,8 +60,8 @@ def register(sub) -> None:
     p.add_argument("layer")
     p.add_argument("channels", nargs="+", type=int)
     add_model_args(p)
-    _add_loop_args(p)
-    _add_reg_args(p)
+    _add_loop_args(p, steps=256)
+    _add_reg_args(p, "fft")
     add_out_arg(p, "out/feature")
     p.set_defaults(func=run_feature)
 
@@ -107,8 +120,8 @@ def run_class(args) -> int:
     model = model_from_args(args)
     bar = Bar("class models")
     try:
-        r = render.class_model(model, args.classes, reg=_reg(args), progress=bar, device=model.device,
-                               **_loop_kwargs(args))
+        r = render.class_model(model, args.classes, progress=bar, device=model.device,
+                               **_method(args), **_loop_kwargs(args))
     finally:
         bar.close()
     labels = model.labels or [str(c) for c in range(max(args.classes) + 1)]
@@ -120,8 +133,8 @@ def run_feature(args) -> int:
     model = model_from_args(args)
     bar = Bar(f"{args.layer} channels")
     try:
-        r = render.feature(model, args.layer, args.channels, reg=_reg(args), progress=bar,
-                           device=model.device, **_loop_kwargs(args))
+        r = render.feature(model, args.layer, args.channels, progress=bar,
+                           device=model.device, **_method(args), **_loop_kwargs(args))
     finally:
         bar.close()
     _write(r, out_dir(args.out), [f"{slug(args.layer)}_{c:04d}" for c in args.channels], "features")

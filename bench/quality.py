@@ -1,0 +1,157 @@
+"""Are the class models readable? Render with each parameterisation, judge with held-out networks.
+
+For each setting, render class models of CLASSES on EfficientNet-Lite0, then report the class's
+top-1 / top-5 rate and mean probability from Lite0 (rendered on) and EfficientNet-Lite1 (input 240,
+never optimised on), each under 4 views (the whole picture, two random 80-100% crops, the
+mirror image); the spectral slope of the pictures (`fastviz.param.spectral_slope`); the loop's ms
+per image-step against the floor (one forward + backward to the input of the same number of
+network rows, parameters frozen, measured in the same process just before). Writes
+out/quality/results.json, out/quality/<setting>.pt and the side-by-side grid docs/img/quality_grid.jpg.
+
+    MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TRIM_THRESHOLD_=1073741824 OMP_NUM_THREADS=1 \\
+        .venv/bin/python bench/quality.py [--steps 256] [--settings pixel,fft,maco] [--classes 1,130,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import fastviz as fv
+from fastviz.cli.common import tune_malloc
+from fastviz.hooks import session
+from fastviz.param import spectral_slope
+
+CLASSES = [1, 20, 130, 285, 309, 340, 417, 504, 850, 948, 967, 980]
+SETTINGS = {
+    "pixel": dict(param="pixel", reg=fv.Yosinski()),     # the seed's method
+    "fft": dict(param="fft"),                            # lucent's recipe, frozen network
+    "maco": dict(param="maco"),                          # the new class-model default
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def views(images: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """(4, B, 3, size, size): whole, two random 80-100% crops, mirror."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = images.shape[-2:]
+    out = [F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)]
+    for _ in range(2):
+        crops = []
+        for im in images:
+            s = int(h * (0.8 + 0.2 * float(torch.rand(1, generator=g))))
+            y, x = (int(torch.randint(0, h - s + 1, (1,), generator=g)) for _ in range(2))
+            crops.append(F.interpolate(im[None, :, y:y + s, x:x + s], size=(size, size), mode="bilinear",
+                                       antialias=True, align_corners=False))
+        out.append(torch.cat(crops))
+    out.append(out[0].flip(-1))
+    return torch.stack(out)
+
+
+def judge(model: fv.Model, images: torch.Tensor, classes: list[int]) -> dict:
+    v = views(images, model.input_size[0])
+    with torch.no_grad():
+        prob = torch.stack([model(x).softmax(1) for x in v])  # (4, B, 1000)
+    target = torch.tensor(classes)
+    p = prob[:, range(len(classes)), target]
+    top5 = (prob.topk(5, dim=2).indices == target[None, :, None]).any(2)
+    top1 = prob.argmax(2) == target[None]
+    return {"top1": float(top1.float().mean()), "top5": float(top5.float().mean()),
+            "p": float(p.mean()), "top5_per_class": top5.float().mean(0).tolist(), "p_per_class": p.mean(0).tolist()}
+
+
+def floor_ms(model: fv.Model, rows: int, reps: int = 3) -> float:
+    """Median ms of one forward + backward to the input of `rows` rows, parameters frozen."""
+    x = torch.rand(rows, 3, 224, 224, requires_grad=True)
+    ts = []
+    with session(model) as s:
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            _, logits = s.forward(x, [], stop=False)
+            (g,) = torch.autograd.grad(logits[:, 0].sum(), x)
+            ts.append(time.perf_counter() - t)
+    return 1000 * statistics.median(ts[1:])
+
+
+FEATURE_LAYER, FEATURE_CHANNELS = "_blocks.10", [0, 1, 2, 3, 4, 5]
+FEATURE_SETTINGS = {
+    "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),  # today's default
+    "fft": dict(param="fft", steps=256),                         # the new default
+}
+
+
+def features(out: Path) -> None:
+    """Channel visualisations of FEATURE_LAYER: the channel's mean activation on each picture."""
+    lite0 = fv.load_model()
+    results, rows = {}, []
+    for name, kw in FEATURE_SETTINGS.items():
+        t0 = time.perf_counter()
+        r = fv.feature(lite0, FEATURE_LAYER, FEATURE_CHANNELS, **kw)
+        with session(lite0) as s, torch.no_grad():
+            a = s.forward(r.images, [FEATURE_LAYER])[0][FEATURE_LAYER].mean((2, 3))
+        act = a[range(len(FEATURE_CHANNELS)), FEATURE_CHANNELS]
+        results[name] = {"steps": kw["steps"], "activation": act.tolist(), "mean_activation": float(act.mean()),
+                         "slope": float(spectral_slope(r.images).median()), "seconds": time.perf_counter() - t0}
+        print(f"feature {name}: mean channel activation {float(act.mean()):.1f} {[round(v, 1) for v in act.tolist()]}"
+              f" | slope {results[name]['slope']:.2f} | {results[name]['seconds']:.0f} s", flush=True)
+        rows.append(r.images)
+    (out / "features.json").write_text(json.dumps(results, indent=1))
+    fv.save_image(fv.grid(torch.cat(rows), nrow=len(FEATURE_CHANNELS)), ROOT / "docs" / "img" / "quality_features.jpg")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--classes", default=",".join(map(str, CLASSES)))
+    ap.add_argument("--out", default=str(ROOT / "out" / "quality"))
+    ap.add_argument("--features", action="store_true", help="channel visualisations instead of class models")
+    args = ap.parse_args()
+    malloc = tune_malloc()
+    torch.set_num_threads(1)
+    if args.features:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        return features(Path(args.out))
+    classes = [int(c) for c in args.classes.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lite0, lite1 = fv.load_model(), fv.load_model("efficientnet-lite1")
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    for name in args.settings.split(","):
+        path = out / f"{name}.pt"
+        if path.exists() and name in results and results[name]["steps"] == args.steps:
+            print(f"{name}: done already ({path})")
+            continue
+        t0 = time.perf_counter()
+        r = fv.class_model(lite0, classes, steps=args.steps, **SETTINGS[name])
+        views_per_image = r.info["views"]
+        step_ms = 1000 * r.info["loop_seconds"] / args.steps / len(classes)
+        floor = floor_ms(lite0, len(classes) * views_per_image) / len(classes)
+        res = {"steps": args.steps, "classes": classes, "views": views_per_image,
+               "seconds": time.perf_counter() - t0, "ms_per_image_step": step_ms,
+               "floor_ms_per_image": floor, "cost_vs_floor": step_ms / floor,
+               "slope": float(spectral_slope(r.images).median()),
+               "lite0": judge(lite0, r.images, classes), "lite1": judge(lite1, r.images, classes),
+               "malloc": malloc}
+        torch.save(r.images, path)
+        results[name] = res
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        print(f"{name}: Lite1 top5 {res['lite1']['top5']:.0%} p {res['lite1']['p']:.2f} | Lite0 top5 "
+              f"{res['lite0']['top5']:.0%} p {res['lite0']['p']:.2f} | slope {res['slope']:.2f} | "
+              f"{step_ms:.0f} ms/image-step, {res['cost_vs_floor']:.2f}x floor of {views_per_image} rows "
+              f"| {res['seconds']:.0f} s", flush=True)
+    names = [n for n in SETTINGS if (out / f"{n}.pt").exists()]
+    if names:
+        rows = torch.cat([torch.load(out / f"{n}.pt") for n in names])
+        fv.save_image(fv.grid(rows, nrow=len(classes)), ROOT / "docs" / "img" / "quality_grid.jpg")
+        print("grid rows:", names)
+
+
+if __name__ == "__main__":
+    main()

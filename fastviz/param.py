@@ -1,0 +1,266 @@
+"""Image parameterisations: what the synthesis optimiser updates, and how it becomes an image.
+
+Each is a tiny object that owns its leaf tensor and maps it to a (B, 3, H, W) image in [0, 1]
+(lucent's param/spatial.py and color.py; MACO, Fel et al. NeurIPS 2023). The engine only calls
+`image()`, `update(...)`, `reset()` and reads `leaf`; it never asks which one it holds.
+
+- `Pixel`: the image itself, centred on the network's mean colour (the seed's method). Its update
+  is the Yosinski regularizer step (update, decay, blur, clips, clamp to [0, 1]).
+- `FFT`: Lucid's spectrum parameterisation: the real and imaginary parts of the 2-D spectrum,
+  scaled by 1 / f^decay so every frequency has equal energy, an inverse FFT, ImageNet colour
+  decorrelation (the Cholesky-like square root Lucid publishes) and a sigmoid.
+- `Maco`: the magnitude spectrum is fixed to that of natural photos (shipped with the package,
+  see bench/maco_spectrum.py), only the phase is optimised; the image is standardised, colours
+  re-correlated and squashed by a sigmoid.
+
+The constants (1/f scale, colour matrix, magnitude) are buffers made once on the device, so a
+step makes no host-to-device copy (a CUDA graph can capture it).
+
+Example:
+    >>> p = make_param("maco", 2, (224, 224), device="cpu")
+    >>> p.image().shape
+    torch.Size([2, 3, 224, 224])
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import FastvizError
+from .regularizers import NONE, Yosinski, regularize
+
+PARAMS = ("pixel", "fft", "maco")
+
+# Lucid's colour correlation square root (lucid/optvis/param/color.py), columns normalised by the
+# largest column norm as Lucid does.
+COLOR_CORRELATION_SVD_SQRT = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
+
+
+def color_matrix(device=None) -> Tensor:
+    """(3, 3) matrix taking decorrelated channels to RGB (Lucid's, max column norm 1)."""
+    c = torch.tensor(COLOR_CORRELATION_SVD_SQRT, dtype=torch.float32)
+    return (c / c.norm(dim=0).max()).to(device)
+
+
+def to_rgb(t: Tensor, matrix: Tensor) -> Tensor:
+    """Decorrelated (B, 3, H, W) -> correlated RGB (B, 3, H, W): out_d = sum_c M[d, c] t_c."""
+    return torch.einsum("bchw,dc->bdhw", t, matrix)
+
+
+def rfft_freqs(h: int, w: int) -> Tensor:
+    """(h, w // 2 + 1) frequency magnitudes in cycles per pixel, the layout of torch.fft.rfft2."""
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    return (fy.square() + fx.square()).sqrt()
+
+
+class Param:
+    """Base: `leaf` is what the optimiser updates; `image()` is (B, 3, H, W) in [0, 1]."""
+
+    name = "param"
+    leaf: Tensor
+    start: Tensor
+    regularizable = False  # whether the Yosinski step applies (pixel only)
+
+    def image(self) -> Tensor:
+        raise NotImplementedError
+
+    def update(self, d: Tensor, g: Tensor, *, lr: float, reg: Yosinski, blur: bool, impl: str) -> None:
+        """leaf += lr * d, in place (no grad)."""
+        self.leaf.add_(d, alpha=lr)
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            self.leaf.copy_(self.start)
+
+    @property
+    def rows(self) -> int:
+        return self.leaf.shape[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({tuple(self.leaf.shape)})"
+
+
+class Pixel(Param):
+    """The image itself, centred: image = mean + x (so x = 0 is the mean colour).
+
+    Args:
+        x0: (B, C, H, W) centred start, on the device.
+        mean: (1, C, 1, 1) the network's mean colour (the model's `mean_tensor`).
+
+    The update is the Yosinski step (`fastviz.regularizers.regularize`), which ends with a clamp
+    of mean + x to [0, 1]; `image()` is not clamped, as in the seed's loop.
+    """
+
+    name = "pixel"
+    regularizable = True
+
+    def __init__(self, x0: Tensor, mean: Tensor):
+        self.start = x0
+        self.leaf = x0.clone().requires_grad_(True)
+        self.mean = mean
+        self.lo = (-mean).flatten().contiguous()
+        self.hi = (1 - mean).flatten().contiguous()
+
+    def image(self) -> Tensor:
+        return self.leaf + self.mean
+
+    def update(self, d, g, *, lr, reg, blur, impl):
+        regularize(self.leaf, d, g, lr=lr, reg=reg, blur=blur, lo=self.lo, hi=self.hi, impl=impl, out=self.leaf)
+
+
+class FFT(Param):
+    """Lucid's Fourier parameterisation with colour decorrelation and a sigmoid.
+
+    Args:
+        start: (B, 3, H, W // 2 + 1, 2) real and imaginary parts of the start spectrum
+            (`FFT.random` draws Lucid's: normal, std 0.01).
+        size: (H, W) image size.
+        decay: the spectrum is scaled by 1 / max(f, 1 / max(H, W)) ** decay.
+    """
+
+    name = "fft"
+
+    def __init__(self, start: Tensor, size: tuple[int, int], decay: float = 1.0):
+        self.size = size
+        h, w = size
+        if start.shape[1:] != (3, h, w // 2 + 1, 2):
+            raise FastvizError(f"param: FFT start must be (B, 3, {h}, {w // 2 + 1}, 2), got {tuple(start.shape)}")
+        dev = start.device
+        f = rfft_freqs(h, w).clamp_min(1.0 / max(h, w))
+        self.scale = f.pow(-decay)[None, None, :, :, None].to(dev)
+        self.matrix = color_matrix(dev)
+        self.start = start
+        self.leaf = start.clone().requires_grad_(True)
+
+    @staticmethod
+    def random(rows: int, size, generators, device, std: float = 0.01) -> Tensor:
+        h, w = size
+        return torch.stack([std * torch.randn(3, h, w // 2 + 1, 2, generator=g) for g in generators]).to(device)
+
+    def image(self) -> Tensor:
+        spectrum = torch.view_as_complex(self.scale * self.leaf)
+        t = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4.0  # Lucid's "magic" 4
+        return torch.sigmoid(to_rgb(t, self.matrix))
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_log_magnitude() -> np.ndarray:
+    data = resources.files("fastviz").joinpath("data/maco_spectrum.npy").read_bytes()
+    return np.load(io.BytesIO(data)).astype(np.float32)
+
+
+def photo_magnitude(size: tuple[int, int], device=None) -> Tensor:
+    """(3, H, W // 2 + 1) mean magnitude spectrum of natural photos (decorrelated colours).
+
+    The shipped array is the spectrum at 224 x 224 (bench/maco_spectrum.py); other sizes
+    resample its logarithm bilinearly over the rfft layout (as horama does), with the
+    frequencies of the fftshift-ed rows kept in order.
+    """
+    h, w = size
+    logm = torch.from_numpy(_photo_log_magnitude())  # (3, 224, 113)
+    if (h, w // 2 + 1) != tuple(logm.shape[1:]):
+        full = torch.fft.fftshift(logm, dim=1)[None]
+        full = F.interpolate(full, size=(h, w // 2 + 1), mode="bilinear", align_corners=True)[0]
+        logm = torch.fft.ifftshift(full, dim=1)
+    return logm.exp().to(device)
+
+
+class Maco(Param):
+    """MACO (Fel et al. 2023): fixed natural magnitude spectrum, only the phase is optimised.
+
+    image = sigmoid(colour(standardise(irfft2(magnitude * exp(i * phase))))), the
+    standardisation per image (zero mean, unit std over channels and pixels).
+
+    Args:
+        start: (B, 3, H, W // 2 + 1) start phase (`Maco.random`: normal, std 1).
+        size: (H, W) image size.
+        magnitude: (3, H, W // 2 + 1) magnitude spectrum (default: `photo_magnitude(size)`).
+    """
+
+    name = "maco"
+
+    def __init__(self, start: Tensor, size: tuple[int, int], magnitude: Tensor | None = None):
+        self.size = size
+        h, w = size
+        if start.shape[1:] != (3, h, w // 2 + 1):
+            raise FastvizError(f"param: MACO start phase must be (B, 3, {h}, {w // 2 + 1}), got {tuple(start.shape)}")
+        dev = start.device
+        mag = photo_magnitude(size) if magnitude is None else magnitude
+        self.magnitude = mag.to(dev, torch.float32)[None]
+        self.matrix = color_matrix(dev)
+        self.start = start
+        self.leaf = start.clone().requires_grad_(True)
+
+    @staticmethod
+    def random(rows: int, size, generators, device, std: float = 1.0) -> Tensor:
+        h, w = size
+        return torch.stack([std * torch.randn(3, h, w // 2 + 1, generator=g) for g in generators]).to(device)
+
+    def image(self) -> Tensor:
+        spectrum = torch.polar(self.magnitude.expand_as(self.leaf), self.leaf)
+        t = torch.fft.irfft2(spectrum, s=self.size)
+        mu = t.mean((1, 2, 3), keepdim=True)
+        sd = t.std((1, 2, 3), keepdim=True)
+        return torch.sigmoid(to_rgb((t - mu) / (sd + 1e-5), self.matrix))
+
+
+def make_param(kind: str, rows: int, size, *, device=None, seed: int = 0, first_row: int = 0) -> Param:
+    """A fresh `FFT` or `Maco` of `rows` rows; row r's start comes from a generator seeded by
+    (seed, first_row + r), so it does not depend on the batch it is rendered in.
+
+    Args:
+        kind: "fft" or "maco" (a "pixel" start is an image: see `Pixel`).
+        rows: B.
+        size: (H, W).
+
+    Returns:
+        the parameterisation, its leaf on `device`.
+    """
+    if kind not in ("fft", "maco"):
+        raise FastvizError(f"param: expected one of {PARAMS}, got {kind!r}")
+    h, w = size
+    gens = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + first_row + r) for r in range(rows)]
+    cls = FFT if kind == "fft" else Maco
+    return cls(cls.random(rows, (h, w), gens, device), (h, w))
+
+
+def check_reg(param: Param, reg: Yosinski) -> None:
+    """The Yosinski step works on pixels; with another parameterisation it must be NONE."""
+    if reg != NONE and not param.regularizable:
+        raise FastvizError(f"reg: the Yosinski regularizer applies to param='pixel' only, "
+                           f"got {reg!r} with param={param.name!r} (use reg=None)")
+
+
+def spectral_slope(images: Tensor, fmin: float = 1 / 64, fmax: float = 1 / 4) -> Tensor:
+    """(B,) slope of log radially-averaged power vs log frequency (natural photos: about -2 to -3).
+
+    Args:
+        images: (B, C, H, W); the channel mean is analysed.
+        fmin, fmax: the band fitted, cycles per pixel.
+    """
+    g = images.float().mean(1)
+    g = g - g.mean((1, 2), keepdim=True)
+    p = torch.fft.rfft2(g).abs().square()
+    f = rfft_freqs(*g.shape[-2:])
+    keep = (f >= fmin) & (f <= fmax)
+    bins = torch.logspace(math.log10(fmin), math.log10(fmax), 25)
+    idx = torch.bucketize(f[keep], bins)
+    lf, lp = [], []
+    for b in range(1, len(bins)):
+        m = idx == b
+        if m.any():
+            lf.append(f[keep][m].mean().log())
+            lp.append(p[:, keep][:, m].mean(1).log())
+    x = torch.stack(lf)
+    y = torch.stack(lp, 1)  # (B, n)
+    xc = x - x.mean()
+    return ((y - y.mean(1, keepdim=True)) * xc).sum(1) / xc.square().sum()
