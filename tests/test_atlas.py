@@ -54,8 +54,10 @@ if __name__ == "__main__":
     import time
     r = fv.atlas(tiny(), out, classes="all", layers=["features.3"], steps=steps, batch_size=batch,
                  jitter=2, progress=(lambda done, total: time.sleep(0.3)) if slow else False)
-    print("RESULT " + json.dumps({"rendered": r.rendered, "skipped": r.skipped, "total": r.total,
-                                  "world": r.world_size}))
+    import os
+    if os.environ.get("RANK", "0") == "0":  # one line: two ranks' prints can interleave in the pipe
+        print("RESULT " + json.dumps({"rendered": r.rendered, "skipped": r.skipped, "total": r.total,
+                                      "world": r.world_size}), flush=True)
 '''
 TOTAL = 18          # 10 classes + 8 channels
 STEPS, BATCH = 30, 2

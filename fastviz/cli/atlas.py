@@ -9,7 +9,7 @@ from ..atlas import atlas
 from ..errors import FastvizError
 from ..regularizers import Yosinski
 from .common import add_model_args, model_from_args, pick_device
-from .synthesis import _add_reg_args, _reg
+from .synthesis import _add_reg_args, _method
 
 
 def _indices(values: list[str] | None, what: str):
@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="start over where the directory's settings differ")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
-    _add_reg_args(p)
+    _add_reg_args(p, None)
     p.set_defaults(func=run_atlas)
 
 
@@ -62,8 +62,16 @@ def run_atlas(args) -> int:
         device = pick_device(args.device)
     model = model_from_args(args)
     kw = dict(backend=args.backend) if args.backend != "auto" else {}
-    if _reg(args) != Yosinski():  # the defaults stay implicit, so Python and CLI runs resume each other
-        kw["reg"] = _reg(args)
+    # Only what differs from the calls' defaults is passed, so Python and CLI runs resume each other.
+    method = _method(args)
+    if method.get("param") is not None:
+        kw["param"] = method["param"]
+    if method.get("transforms") != "auto":
+        kw["transforms"] = method["transforms"]
+    if method.get("diversity"):
+        kw["diversity"] = method["diversity"]
+    if "reg" in method and method["reg"] != Yosinski():
+        kw["reg"] = method["reg"]
     if args.lr is not None:
         kw["lr"] = args.lr
     if args.size is not None:

@@ -24,9 +24,12 @@ def _add_loop_args(p, steps: int = 200) -> None:
 REG_FIELDS = ("decay", "blur_every", "blur_sigma", "norm_percentile", "contribution_percentile")
 
 
-def _add_reg_args(p, default_param: str) -> None:
+def _add_reg_args(p, default_param: str | None) -> None:
+    """--param, --transforms, --diversity and the Yosinski flags; default_param None: each
+    target kind keeps its own default (class models maco, channels fft)."""
+    shown = default_param or "class: maco, channel: fft"
     p.add_argument("--param", choices=PARAMS, default=default_param,
-                   help=f"image parameterisation (default {default_param}; pixel = the seed's method "
+                   help=f"image parameterisation (default {shown}; pixel = the seed's method "
                         "with the Yosinski regularizer)")
     p.add_argument("--transforms", choices=("auto", "none", "lucent", "maco"), default="auto",
                    help="random views per step: auto = the param's default (maco: 4 crops of 50-100%%, "
