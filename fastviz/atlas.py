@@ -39,9 +39,8 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import FastvizError
-from .hooks import session
 from .models import Model, as_model
-from .render import _size, class_model, feature, on_device
+from .render import class_model, feature, layer_shape, on_device
 from .targets import as_index_list, positive_int
 
 MANIFEST = "manifest.jsonl"
@@ -229,13 +228,7 @@ class _Group:
 
 
 def _layer_channels(m: Model, layer: str, size) -> int:
-    h, w = _size(m, size)
-    with session(m) as s, torch.no_grad():
-        acts, _ = s.forward(torch.full((1, m.channels or 3, h, w), 0.5, device=m.device), [layer])
-    a = acts[layer]
-    if a.dim() != 4:
-        raise FastvizError(f"layers: {layer!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
-    return a.shape[1]
+    return layer_shape(m, layer, size, name="layers")[0]
 
 
 def _groups(m: Model, classes, layers, channels, size) -> list[_Group]:

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from . import checks
-from .errors import FastvizError
 from .io import load_image, sample_images
 
 SMALLEST_CROP = 0.3

@@ -249,14 +249,20 @@ def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 256, seed:
                   progress=progress, init=init, **_method(param, reg, lr, transforms), **loop)
 
 
-def _feature_size(m: Model, layer: str, size=None) -> tuple[int, int]:
+def layer_shape(m: Model, layer: str, size=None, name: str = "layer") -> tuple[int, int, int]:
+    """(C, h, w) of `layer`'s output for an image of `size`: one no-grad forward of a grey image,
+    stopped at the layer. A layer whose output is not a feature map is refused, naming `name`."""
     h, w = _size(m, size)
     with session(m) as s, torch.no_grad():
         acts, _ = s.forward(torch.full((1, m.channels or 3, h, w), 0.5, device=m.device), [layer])
     a = acts[layer]
     if a.dim() != 4:
-        raise FastvizError(f"layer: {layer!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
-    return a.shape[2], a.shape[3]
+        raise FastvizError(f"{name}: {layer!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
+    return tuple(a.shape[1:])
+
+
+def _feature_size(m: Model, layer: str, size=None) -> tuple[int, int]:
+    return layer_shape(m, layer, size)[1:]
 
 
 def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float = 1.4,
