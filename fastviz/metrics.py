@@ -371,6 +371,13 @@ def road(model, x, maps, percentiles: Sequence[float] = range(10, 100, 10), targ
     score = _check_score(score)
     batch_size = positive_int(batch_size, "batch_size")
     try:
+        count = len(percentiles)
+    except TypeError:
+        count = -1
+    if count < 0 or count > 100 or isinstance(percentiles, (str, bytes)):
+        raise FastvizError(f"percentiles: expected a list of at most 100 numbers in [0, 100), "
+                           f"got {percentiles!r:.80}")
+    try:
         percentiles = [float(p) for p in percentiles]
     except (TypeError, ValueError) as e:
         raise FastvizError(f"percentiles: expected numbers in [0, 100), got {percentiles!r}") from e
