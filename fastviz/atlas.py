@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import checks
 from .errors import FastvizError
 from .models import Model, as_model
 from .render import class_model, feature, layer_shape, on_device
@@ -494,9 +495,20 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
     positive_int(steps, "steps")
     if batch_size is not None:
         positive_int(batch_size, "batch_size")
-    if not isinstance(seed, int):
-        raise FastvizError(f"seed: expected an int, got {seed!r}")
+    seed = checks.seed(seed, "seed")
+    if not isinstance(layers, str) and not (isinstance(layers, Sequence)
+                                            and all(isinstance(n, str) for n in layers)):
+        raise FastvizError(f"layers: expected a layer name or a list of them, got {layers!r:.80}")
+    checks.number(timeout, "timeout", 0.0, low_open=True)
+    if not isinstance(force, bool):
+        raise FastvizError(f"force: expected True or False, got {type(force).__name__} {force!r}")
+    if not isinstance(progress, bool):
+        checks.callable_or_none(progress, "progress")
+    if not isinstance(out, (str, os.PathLike)):
+        raise FastvizError(f"out: expected a directory path, got {type(out).__name__}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FastvizError(f"out: expected a directory, got the file {str(out)!r}")
     with _distributed(device, timeout) as (d, dev), on_device(m, dev):
         # Rank 0 plans; the others take its plan (or its error).
         plan, failure = None, None

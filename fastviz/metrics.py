@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import checks
 from .attribution import prepare
 from .errors import FastvizError
 from .hooks import session
@@ -40,6 +41,8 @@ def _check_maps(maps, x: torch.Tensor) -> torch.Tensor:
     """(B, H, W) float relevance on x's device from a (B, H, W) or (B, C, H, W) map."""
     if not isinstance(maps, torch.Tensor):
         raise FastvizError(f"maps: expected a tensor (B, H, W), got {type(maps).__name__}")
+    if maps.is_complex() or maps.dtype == torch.bool:
+        raise FastvizError(f"maps: expected a real-valued tensor, got dtype {maps.dtype}")
     if maps.dim() == 4:
         maps = maps.abs().amax(1)
     B, _, H, W = x.shape
@@ -215,7 +218,7 @@ class CurveResult:
 def _curve(model, x, maps, target, steps, score, batch_size, start_fn, end_fn) -> CurveResult:
     m, x = prepare(model, x)
     maps = _check_maps(maps, x)
-    steps = positive_int(steps, "steps")
+    steps = checks.positive_int(steps, "steps", high=100_000)
     batch_size = positive_int(batch_size, "batch_size")
     score = _check_score(score)
     B, _, H, W = x.shape
@@ -241,8 +244,9 @@ def _curve(model, x, maps, target, steps, score, batch_size, start_fn, end_fn) -
 def _substrate(value, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if value == "blur":
         return _blur
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return lambda x: torch.full_like(x, float(value))
+    if not isinstance(value, str):
+        v = checks.number(value, name, 0.0, 1.0)
+        return lambda x: torch.full_like(x, v)
     raise FastvizError(f"{name}: expected 'blur' or a pixel value in [0, 1], got {value!r}")
 
 
@@ -367,13 +371,20 @@ def road(model, x, maps, percentiles: Sequence[float] = range(10, 100, 10), targ
     score = _check_score(score)
     batch_size = positive_int(batch_size, "batch_size")
     try:
+        count = len(percentiles)
+    except TypeError:
+        count = -1
+    if count < 0 or count > 100 or isinstance(percentiles, (str, bytes)):
+        raise FastvizError(f"percentiles: expected a list of at most 100 numbers in [0, 100), "
+                           f"got {percentiles!r:.80}")
+    try:
         percentiles = [float(p) for p in percentiles]
     except (TypeError, ValueError) as e:
         raise FastvizError(f"percentiles: expected numbers in [0, 100), got {percentiles!r}") from e
     if not percentiles or not all(0 <= p < 100 for p in percentiles):
         raise FastvizError(f"percentiles: expected numbers in [0, 100), got {percentiles}")
-    if not (isinstance(noise, (int, float)) and noise >= 0):
-        raise FastvizError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    noise = checks.number(noise, "noise", 0.0, 1.0)
+    seed = checks.seed(seed, "seed", allow_none=True)
     B, P = x.shape[0], len(percentiles)
     imputed = road_images(x, maps, percentiles, noise, seed).view(B * 2 * P, *x.shape[1:])
     with session(m):
@@ -507,7 +518,17 @@ def randomization_check(model, x, method="guided_backprop", target=None,
         torch.Size([1, 21])
     """
     fn = map_method(method)
+    seed = checks.seed(seed, "seed")
     m, x = prepare(model, x)
+    if stages is not None:
+        if isinstance(stages, str) or not isinstance(stages, Sequence) or not stages \
+                or not all(isinstance(n, str) for n in stages):
+            raise FastvizError(f"stages: expected a non-empty list of module names, got {stages!r:.80}")
+        for n in stages:
+            try:
+                m.layer(n)
+            except FastvizError as e:
+                raise FastvizError(f"stages: {e}") from None
     with session(m):
         targets = _targets(m, x, target)
 

@@ -144,7 +144,7 @@ def _cases() -> list[Case]:
     add("predict", "k", "pos_int", lambda m, v: fv.predict(m, X, k=v),
         st.one_of(BAD["pos_int"], st.integers(CLASSES + 1, 10 ** 6)))
     for f in ("saliency", "guided_backprop", "gradient", "gradcam", "guided_gradcam", "layercam", "scorecam",
-              "smoothgrad", "integrated_gradients"):
+              "smoothgrad", "integrated_gradients", "deconvnet", "input_x_gradient"):
         fn = getattr(fv, f)
         kw = {"smoothgrad": {"n": 2}, "integrated_gradients": {"steps": 2}}.get(f, {})
         add(f, "x", "images", lambda m, v, fn=fn, kw=kw: fn(m, v, **kw), images)
@@ -177,6 +177,62 @@ def _cases() -> list[Case]:
         st.one_of(NAN_INF, st.text(min_size=1, max_size=3), st.just(torch.full((3, SIZE, SIZE), math.nan)),
                   st.just(torch.rand(3, 5, 5)), st.just(torch.rand(3, 1, 1).expand(3, 10 ** 5, 10 ** 5)),
                   st.just(torch.zeros(3, SIZE, SIZE, dtype=torch.long))))
+    # faithfulness metrics
+    MAPS = torch.rand(B, SIZE, SIZE)
+    bad_maps = st.one_of(st.none(), st.integers(), st.text(min_size=1, max_size=3), st.just(torch.rand(B, 5, 5)),
+                         st.just(torch.rand(B + 1, SIZE, SIZE)), st.just(torch.rand(SIZE)),
+                         st.just(torch.full((B, SIZE, SIZE), math.nan)),
+                         st.just(torch.zeros(B, SIZE, SIZE, dtype=torch.complex64)))
+    bad_score = st.one_of(st.text(max_size=8), st.integers(), st.none())
+    for f, kw in (("deletion", {"steps": 2}), ("insertion", {"steps": 2}), ("road", {"percentiles": [50]})):
+        fn = getattr(fv, f)
+        add(f, "x", "images", lambda m, v, fn=fn, kw=kw: fn(m, v, MAPS, **kw), images)
+        add(f, "maps", "tensor", lambda m, v, fn=fn, kw=kw: fn(m, X, v, **kw), bad_maps)
+        add(f, "target", "class", lambda m, v, fn=fn, kw=kw: fn(m, X, MAPS, target=v, **kw))
+        add(f, "score", "choice", lambda m, v, fn=fn, kw=kw: fn(m, X, MAPS, score=v, **kw), bad_score)
+        add(f, "batch_size", "batch", lambda m, v, fn=fn, kw=kw: fn(m, X, MAPS, batch_size=v, **kw),
+            BAD["batch"].filter(lambda v: v is not None))
+    for f in ("deletion", "insertion"):
+        fn = getattr(fv, f)
+        add(f, "steps", "pos_int", lambda m, v, fn=fn: fn(m, X, MAPS, steps=v))
+        add(f, "substrate", "float", lambda m, v, fn=fn: fn(m, X, MAPS, steps=2, substrate=v),
+            st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1 + 1e-9), NAN_INF, st.booleans(),
+                      st.text(max_size=5).filter(lambda s: s != "blur"), st.none(), st.just(object())))
+    add("road", "percentiles", "floats", lambda m, v: fv.road(m, X, MAPS, percentiles=v),
+        st.one_of(st.none(), st.integers(), st.text(min_size=1, max_size=3), st.just([]), st.just([100]),
+                  st.just([-1]), st.just([math.nan]), st.just([50, "a"]), st.just(range(10 ** 9))))
+    add("road", "noise", "nonneg_float", lambda m, v: fv.road(m, X, MAPS, percentiles=[50], noise=v),
+        st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1 + 1e-9), NAN_INF, st.booleans(),
+                  *_wrong_types()))
+    add("road", "seed", "seed", lambda m, v: fv.road(m, X, MAPS, percentiles=[50], seed=v),
+        BAD["seed"].filter(lambda v: v is not None))
+    rc = fv.randomization_check
+    add("randomization_check", "x", "images", lambda m, v: rc(m, v, "saliency", stages=["fc"]), images)
+    add("randomization_check", "method", "choice", lambda m, v: rc(m, X, v, stages=["fc"]),
+        st.one_of(st.text(max_size=8), st.integers(), st.none()))
+    add("randomization_check", "target", "class", lambda m, v: rc(m, X, "saliency", target=v, stages=["fc"]))
+    add("randomization_check", "stages", "layer", lambda m, v: rc(m, X, "saliency", stages=v),
+        st.one_of(st.just([]), st.integers(), st.just(["nope"]), st.just([1]), st.just(["fc", None])))
+    add("randomization_check", "seed", "seed", lambda m, v: rc(m, X, "saliency", stages=["fc"], seed=v),
+        BAD["seed"].filter(lambda v: v is not None))
+    # the atlas (bad arguments are refused before anything is written)
+    def at(kw):
+        return lambda m, v: fv.atlas(m, "/tmp/fastviz_fuzz_atlas", **{"classes": [1], "steps": 2,
+                                                                      "progress": False, **kw(v)})
+    add("atlas", "out", "path", lambda m, v: fv.atlas(m, v, classes=[1], steps=2, progress=False),
+        st.one_of(st.integers(), st.none(), st.just(__file__), st.just(object())))
+    add("atlas", "classes", "class", at(lambda v: {"classes": v}),
+        BAD["class"].filter(lambda v: v is not None and not (isinstance(v, list) and v)))
+    add("atlas", "layers", "layer", at(lambda v: {"layers": v}),
+        BAD["layer"].filter(lambda v: v != "" and v != [LAYER]))
+    add("atlas", "channels", "channels", at(lambda v: {"layers": LAYER, "classes": None, "channels": v}))
+    for arg, kind in (("steps", "pos_int"), ("seed", "seed"), ("batch_size", "batch"), ("device", "device")):
+        add("atlas", arg, kind, at(lambda v, arg=arg: {arg: v}), BAD[kind].filter(lambda v: v is not None))
+    add("atlas", "timeout", "pos_float", at(lambda v: {"timeout": v}),  # a long timeout is fine
+        st.one_of(st.floats(max_value=0), NAN_INF, st.booleans(), *_wrong_types()))
+    add("atlas", "force", "bool", at(lambda v: {"force": v}))
+    add("atlas", "progress", "type", at(lambda v: {"progress": v}),
+        st.one_of(st.integers(min_value=2), st.text(max_size=3), st.just(object())))
     # synthesis
     def with_bad(fn, *args, **good):
         """(model, value) -> fn(model, *args, **good) with the one named argument replaced by value."""
