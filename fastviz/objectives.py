@@ -303,6 +303,8 @@ class Diversity(Objective):
     row_tensors = ("group", "image")
 
     def __init__(self, layer: str, groups):
+        if not isinstance(layer, str):
+            raise FastvizError(f"layer: expected a dotted module name (str), got {type(layer).__name__}")
         self.layer = layer
         self.layers = {layer}
         self.group = _indices(groups, "groups")

@@ -302,6 +302,9 @@ def _cases() -> list[Case]:
     add("channel", "channels", "channels", lambda m, v: fv.channel(LAYER, v).check({LAYER: torch.zeros(1, 4, 2, 2)}))
     add("channel", "layer", "type", lambda m, v: fv.channel(v, 0), st.one_of(st.integers(), st.none(), st.just([LAYER])))
     add("dream", "layer", "type", lambda m, v: fv.dream(v), st.one_of(st.integers(), st.none(), st.floats()))
+    add("diversity", "layer", "type", lambda m, v: fv.diversity(v, [0, 0]), st.one_of(st.integers(), st.none(), st.floats()))
+    add("diversity", "groups", "index", lambda m, v: fv.diversity(LAYER, v),
+        st.one_of(st.none(), st.just([]), st.just([-1]), st.text(min_size=1, max_size=3)))
     add("objective * k", "weight", "float", lambda m, v: fv.dream(LAYER) * v, NAN_INF)
     for field, bad in (("decay", st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1), NAN_INF)),
                        ("blur_every", st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=2), st.none())),

@@ -167,10 +167,6 @@ def test_the_table_covers_the_public_api():
     public = {n for n in fv.__all__ if callable(getattr(fv, n)) and not isinstance(getattr(fv, n), type)
               or n in ("Model", "Neuron", "Yosinski")}
     exempt = {"sample_images", "imagenet_labels", "IGResult", "Render", "FastvizError", "Embedding", "neurons"}
-    # Added in the same wave as this table; each has its own bad-argument tests (test_metrics,
-    # test_atlas, test_attribution, test_objectives) but no generated cases here yet.
-    not_yet = {"atlas", "deconvnet", "deletion", "input_x_gradient", "insertion", "randomization_check",
-               "road", "diversity"}
-    missing = sorted(public - covered - exempt - not_yet)
+    missing = sorted(public - covered - exempt)
     assert not missing, f"no fuzz case for {missing}"
     assert re.fullmatch(r"\d+", str(EXAMPLES))
