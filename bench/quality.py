@@ -8,8 +8,15 @@ per image-step against the floor (one forward + backward to the input of the sam
 network rows, parameters frozen, measured in the same process just before). Writes
 out/quality/results.json, out/quality/<setting>.pt and the side-by-side grid docs/img/quality_grid.jpg.
 
+Settings: pixel (the seed's pixel + Yosinski), fft, maco (the default), and lucent: the peer's
+`render_vis` with its defaults (FFT image with decorrelated colour, standard transforms, Adam
+lr 0.05, parameters left as lucent leaves them) on the same network and classes, all rows in one
+batch. Asking for lucent re-runs the script in `.venv-peers` (bench/peers.py makes it). A name
+may carry its own step count, `maco@64`: with `--settings maco@64,maco@128,lucent` the table
+gives the wall time fastviz needs to reach lucent's quality, beside lucent's.
+
     MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TRIM_THRESHOLD_=1073741824 OMP_NUM_THREADS=1 \\
-        .venv/bin/python bench/quality.py [--steps 256] [--settings pixel,fft,maco] [--classes 1,130,...]
+        .venv/bin/python bench/quality.py [--steps 256] [--settings pixel,fft,maco,lucent] [--classes 1,130,...]
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +42,7 @@ SETTINGS = {
     "pixel": dict(param="pixel", reg=fv.Yosinski()),     # the seed's method
     "fft": dict(param="fft"),                            # lucent's recipe, frozen network
     "maco": dict(param="maco"),                          # the new class-model default
+    "lucent": None,                                      # the peer itself (lucent_class_models)
 }
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +89,39 @@ def floor_ms(model: fv.Model, rows: int, reps: int = 3) -> float:
     return 1000 * statistics.median(ts[1:])
 
 
+def lucent_class_models(model: fv.Model, classes: list[int], steps: int) -> tuple[torch.Tensor, float]:
+    """lucent's `render_vis` with its defaults, one row per class; (images, loop seconds)."""
+    from lucent.optvis import objectives, param
+    from lucent.optvis import render as lucent_render
+    from torch import nn
+
+    class Normalize(nn.Module):
+        def forward(self, x):
+            return model.normalize(x)
+
+    wrapped = nn.Sequential(Normalize(), model.module).eval()  # [0, 1] in, as lucent's images are
+
+    @objectives.wrap_objective()
+    def logit(c, b):
+        return lambda hook: -hook("1__fc")[b, c]  # lucent minimises; its names join with "_"
+
+    obj = sum((logit(c, b) for b, c in enumerate(classes[1:], 1)), logit(classes[0], 0))
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    out = lucent_render.render_vis(wrapped, obj, param_f=lambda: param.image(224, batch=len(classes)),
+                                   thresholds=(steps,), preprocess=False, progress=False, show_image=False)
+    seconds = time.perf_counter() - t
+    return torch.from_numpy(out[-1]).permute(0, 3, 1, 2).float().contiguous(), seconds
+
+
+def in_peers_venv(argv: list[str]) -> int:
+    """Re-run this script in .venv-peers (which has lucent), with the same arguments."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from peers import ensure_peers_venv
+
+    return subprocess.call([str(ensure_peers_venv()), __file__, *argv])
+
+
 FEATURE_LAYER, FEATURE_CHANNELS = "_blocks.10", [0, 1, 2, 3, 4, 5]
 FEATURE_SETTINGS = {
     "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),  # today's default
@@ -112,6 +155,7 @@ def main() -> None:
     ap.add_argument("--classes", default=",".join(map(str, CLASSES)))
     ap.add_argument("--out", default=str(ROOT / "out" / "quality"))
     ap.add_argument("--features", action="store_true", help="channel visualisations instead of class models")
+    ap.add_argument("--again", action="store_true", help="render settings already in results.json anew")
     args = ap.parse_args()
     malloc = tune_malloc()
     torch.set_num_threads(1)
@@ -119,33 +163,50 @@ def main() -> None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         return features(Path(args.out))
     classes = [int(c) for c in args.classes.split(",")]
+    settings = args.settings.split(",")
+    for name in settings:
+        if name.partition("@")[0] not in SETTINGS:
+            ap.error(f"unknown setting {name!r}: expected {', '.join(SETTINGS)}, optionally @steps")
+    if any(n.startswith("lucent") for n in settings):
+        try:
+            import lucent  # noqa: F401
+        except ImportError:
+            raise SystemExit(in_peers_venv(sys.argv[1:]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lite0, lite1 = fv.load_model(), fv.load_model("efficientnet-lite1")
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    for name in args.settings.split(","):
+    for name in settings:
+        base, _, at = name.partition("@")
+        steps = int(at) if at else args.steps
         path = out / f"{name}.pt"
-        if path.exists() and name in results and results[name]["steps"] == args.steps:
-            print(f"{name}: done already ({path})")
+        if path.exists() and results.get(name, {}).get("steps") == steps and not args.again:
+            print(f"{name}: done already ({path}; --again renders it anew)")
             continue
         t0 = time.perf_counter()
-        r = fv.class_model(lite0, classes, steps=args.steps, **SETTINGS[name])
-        views_per_image = r.info["views"]
-        step_ms = 1000 * r.info["loop_seconds"] / args.steps / len(classes)
+        if base == "lucent":
+            images, loop_seconds = lucent_class_models(lite0, classes, steps)
+            views_per_image = 1
+        else:
+            r = fv.class_model(lite0, classes, steps=steps, **SETTINGS[base])
+            images, loop_seconds, views_per_image = r.images, r.info["loop_seconds"], r.info["views"]
+        seconds = time.perf_counter() - t0
+        step_ms = 1000 * loop_seconds / steps / len(classes)
         floor = floor_ms(lite0, len(classes) * views_per_image) / len(classes)
-        res = {"steps": args.steps, "classes": classes, "views": views_per_image,
-               "seconds": time.perf_counter() - t0, "ms_per_image_step": step_ms,
+        res = {"steps": steps, "classes": classes, "views": views_per_image,
+               "seconds": seconds, "ms_per_image_step": step_ms,
                "floor_ms_per_image": floor, "cost_vs_floor": step_ms / floor,
-               "slope": float(spectral_slope(r.images).median()),
-               "lite0": judge(lite0, r.images, classes), "lite1": judge(lite1, r.images, classes),
-               "malloc": malloc}
-        torch.save(r.images, path)
-        results[name] = res
+               "slope": float(spectral_slope(images).median()),
+               "lite0": judge(lite0, images, classes), "lite1": judge(lite1, images, classes),
+               "malloc": malloc, "date": time.strftime("%Y-%m-%d %H:%M")}
+        torch.save(images, path)
+        results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+        results[name] = res  # re-read first: two processes may share the file
         (out / "results.json").write_text(json.dumps(results, indent=1))
         print(f"{name}: Lite1 top5 {res['lite1']['top5']:.0%} p {res['lite1']['p']:.2f} | Lite0 top5 "
               f"{res['lite0']['top5']:.0%} p {res['lite0']['p']:.2f} | slope {res['slope']:.2f} | "
               f"{step_ms:.0f} ms/image-step, {res['cost_vs_floor']:.2f}x floor of {views_per_image} rows "
-              f"| {res['seconds']:.0f} s", flush=True)
+              f"| {seconds:.0f} s", flush=True)
     names = [n for n in SETTINGS if (out / f"{n}.pt").exists()]
     if names:
         rows = torch.cat([torch.load(out / f"{n}.pt") for n in names])

@@ -15,8 +15,8 @@ from .image import grid, heatmap, normalize, overlay, save_image
 from .embedding import Embedding, embed, neighbour_agreement
 from .inspection import features, filter_grid, filters
 from .io import load_image, load_images, sample_images
-from .metrics import (CurveResult, RandomizationResult, ROADResult, deletion, insertion,
-                      randomization_check, road)
+from .metrics import CurveResult, ROADResult, deletion, insertion, road
+from .sanity import RandomizationResult, randomization_check
 from .models import Model, as_model, imagenet_labels, load_model
 from .objectives import channel, class_score, dream, neurons
 from .regularizers import Yosinski

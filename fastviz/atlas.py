@@ -40,6 +40,7 @@ import torch
 
 from . import checks
 from .errors import FastvizError
+from .io import atomic_write
 from .models import Model, as_model
 from .render import class_model, feature, layer_shape, on_device
 from .targets import as_index_list, positive_int
@@ -172,12 +173,8 @@ def _model_sha1(m: Model) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -427,9 +424,8 @@ def _write_batch(out: Path, part: Path, lock: threading.Lock, pixels, records: l
 
     for arr, rec in zip(pixels, records):
         path = out / rec["file"]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)  # 2x faster than 6, +13% bytes
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)  # 2x faster than 6, +13% bytes
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     with lock, open(part, "a") as f:
         f.write(text)

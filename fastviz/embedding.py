@@ -23,6 +23,7 @@ from torch import nn
 from . import checks
 from .errors import FastvizError
 from .inspection import features
+from .io import atomic_write, output_path
 from .models import Model, as_model
 
 METHODS = ("tsne", "pca")
@@ -218,17 +219,8 @@ class Embedding:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write index, name, x, y, predicted class, label (and path) per image; returns the path."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise FastvizError(f"path: expected a file path, got {type(path).__name__}")
-        path = Path(path)
-        if path.is_dir():
-            raise FastvizError(f"path: {str(path)!r} is a folder")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as e:
-            raise FastvizError(f"path: cannot make the folder {str(path.parent)!r} ({e})") from e
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole or not at all (rule 11)
-        with tmp.open("w", newline="") as f:
+        path = output_path(path)
+        with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["index", "name", "x", "y", "prediction", "label"] + (["path"] if self.paths else []))
             for i in range(len(self)):
@@ -236,7 +228,6 @@ class Embedding:
                 label = self.labels[i] if self.labels else ""
                 row = [i, self.names[i], f"{self.coords[i, 0]:.6g}", f"{self.coords[i, 1]:.6g}", pred, label]
                 w.writerow(row + ([str(self.paths[i])] if self.paths else []))
-        os.replace(tmp, path)
         return path
 
 

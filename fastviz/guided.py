@@ -60,12 +60,15 @@ def guided(session: Session) -> int:
     Returns the number of modules guided (0 means guided backprop equals the plain gradient:
     callers warn about that).
     """
-    n = 0
-    for module in session.model.module.modules():
-        if isinstance(module, GUIDED_MODULES):
-            session.add_forward_hook(module, _guide)
-            n += 1
-    return n
+    return _hook_activations(session, _guide)
+
+
+def _hook_activations(session: Session, hook) -> int:
+    """Add `hook` as a forward hook of every ReLU / ReLU6 module for the session; how many."""
+    modules = [m for m in session.model.module.modules() if isinstance(m, GUIDED_MODULES)]
+    for module in modules:
+        session.add_forward_hook(module, hook)
+    return len(modules)
 
 
 class DeconvReLU(torch.autograd.Function):
@@ -99,9 +102,4 @@ def deconvnet(session: Session) -> int:
 
     The session must have been opened with ``no_inplace=True``. Returns the number of modules.
     """
-    n = 0
-    for module in session.model.module.modules():
-        if isinstance(module, GUIDED_MODULES):
-            session.add_forward_hook(module, _deconv)
-            n += 1
-    return n
+    return _hook_activations(session, _deconv)

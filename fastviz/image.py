@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import checks
 from .errors import FastvizError
+from .io import atomic_write, output_path
 
 SAVE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -161,11 +162,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
     image = _tensor(image, "image")
     if not isinstance(path, (str, os.PathLike)):
         raise FastvizError(f"path: expected a file path, got {type(path).__name__}")
-    path = Path(path)
-    if path.suffix.lower() not in SAVE_SUFFIXES:
+    if Path(path).suffix.lower() not in SAVE_SUFFIXES:
         raise FastvizError(f"path: expected a file name ending in {', '.join(SAVE_SUFFIXES)}, got {str(path)!r}")
-    if path.is_dir():
-        raise FastvizError(f"path: {str(path)!r} is a folder")
     t = image.detach().float().cpu()
     if t.dim() == 4:
         t = grid(t)
@@ -177,14 +175,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
         arr = t.permute(1, 2, 0).numpy()
     else:
         raise FastvizError(f"image: expected (3, H, W), (H, W) or (N, 3, H, W), got shape {tuple(image.shape)}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        raise FastvizError(f"path: cannot make the folder {str(path.parent)!r} ({e})") from e
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # whole or not at all (rule 11)
-    try:
-        Image.fromarray((np.nan_to_num(arr.clip(0, 1)) * 255).round().astype(np.uint8)).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = output_path(path)
+    pixels = Image.fromarray((np.nan_to_num(arr.clip(0, 1)) * 255).round().astype(np.uint8))
+    with atomic_write(path) as tmp:
+        pixels.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
     return path

@@ -8,8 +8,9 @@ the way ImageNet networks are evaluated.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,42 @@ def sample_images() -> dict[str, Path]:
         "flower": sl / "flower.jpg",
     }
     return {k: v for k, v in photos.items() if v.is_file()}
+
+
+def output_path(path, name: str = "path") -> Path:
+    """A path to write a file to: not a folder, its parent folder made (FastvizError if it cannot be)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise FastvizError(f"{name}: expected a file path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise FastvizError(f"{name}: {str(path)!r} is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise FastvizError(f"{name}: cannot make the folder {str(path.parent)!r} ({e})") from e
+    return path
+
+
+@contextmanager
+def atomic_write(path: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; on a clean exit rename it onto `path` (DESIGN rule 11).
+
+    A reader sees the old file or the whole new one, never a part; a killed or failed write leaves
+    at most `.<name>.<pid>.tmp` (which the atlas sweeps away on resume), never a truncated `path`.
+    `fsync` flushes the file to disk before the rename (for manifests a resume trusts).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def image_files(folder: PathLike) -> list[Path]:

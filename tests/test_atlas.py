@@ -17,34 +17,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import fastviz as fv
+from tiny_net import tiny
 from fastviz.atlas import MANIFEST_SCHEMA, gallery_html, validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny classifier, built the same way in every process (seeded): 10 classes, 8 channels.
 TINY = '''
-import json, sys, torch
-from torch import nn
+import json, sys
 import fastviz as fv
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-def tiny():
-    torch.manual_seed(0)
-    return fv.Model(Net().eval(), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32,
-                    labels=[f"class {i}" for i in range(10)])
+from tiny_net import tiny  # tests/ is on PYTHONPATH (env())
 
 if __name__ == "__main__":
     out, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -70,15 +54,9 @@ def script(tmp_path_factory) -> Path:
     return p
 
 
-def tiny_model() -> fv.Model:
-    ns: dict = {}
-    exec(TINY.replace('if __name__ == "__main__":', "if False:"), ns)
-    return ns["tiny"]()
-
-
 def env() -> dict:
     # One thread in every process: the 1-process and the 2-rank runs then do the same arithmetic.
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
 
 
 def run(args: list[str], timeout: float = 300) -> dict:
@@ -186,7 +164,7 @@ def test_killed_run_resumes_each_target_once(script, reference, tmp_path):
 
 
 def test_rerun_skips_and_changed_settings_are_refused(tmp_path):
-    m = tiny_model()
+    m = tiny()
     seen = []
     r = fv.atlas(m, tmp_path, classes=[1, 2, 3], steps=2, batch_size=2, progress=lambda d, t: seen.append((d, t)))
     assert (r.rendered, r.skipped, r.total, r.batch_size) == (3, 0, 3, 2)
@@ -212,7 +190,7 @@ def test_rerun_skips_and_changed_settings_are_refused(tmp_path):
 
 def test_atlas_images_equal_class_model(tmp_path):
     """An atlas batch is class_model on the batch's rows with seed + start: same pixels."""
-    m = tiny_model()
+    m = tiny()
     fv.atlas(m, tmp_path, classes=[0, 1, 2, 3, 4], steps=6, batch_size=2, seed=5, jitter=2, progress=False)
     recs = manifest(tmp_path)
     for a in (0, 2, 4):
@@ -224,7 +202,7 @@ def test_atlas_images_equal_class_model(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    m = tiny_model()
+    m = tiny()
     with pytest.raises(fv.FastvizError, match="classes"):
         fv.atlas(m, tmp_path, classes=[10], steps=1)
     with pytest.raises(fv.FastvizError, match="layer"):
@@ -238,7 +216,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_measured_batch_size_is_recorded(tmp_path):
-    m = tiny_model()
+    m = tiny()
     r = fv.atlas(m, tmp_path, classes="all", steps=2, progress=False)
     assert 1 <= r.batch_size <= 10
     assert json.loads((tmp_path / "atlas.json").read_text())["settings"]["batch_size"] == r.batch_size

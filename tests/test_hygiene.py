@@ -8,21 +8,9 @@ import tempfile
 
 import pytest
 import torch
-from torch import nn
 
 import fastviz as fv
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.features(x)).flatten(1))
+from tiny_net import Net
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
 
 
 def logits_and_grad(model, x: torch.Tensor):
@@ -84,6 +85,44 @@ def test_logits_and_gradients_equal_the_original(lite0, name, size, folded):
     assert rel(gl, g64) <= GRAD_TOL, (rel(gl, g64), rel(g, g64))
     assert ol.argmax(1).tolist() == o.argmax(1).tolist()
     assert gl.is_contiguous() and g.abs().sum() > 0
+
+
+def test_lite0_padding_folded_and_pointwise_convs_run_as_matmuls(lite0):
+    x = torch.rand(1, 3, 224, 224)
+    r = lowered(lite0, x).report
+    # 16 depthwise convs pad with a ZeroPad2d: 12 at stride 1 are symmetric and folded; the stem
+    # and 4 stride-2 "SAME" pads are one-sided and stay. 31 expand / project 1x1 convs + the head.
+    assert len(r.padding_folded) == 12 and "_blocks.1._depthwise_conv" not in r.padding_folded
+    assert len(r.matmul) == 32 and "_conv_head" in r.matmul
+    no_nhwc = lowered(lite0, x, channels_last=False).report  # the matmul needs the NHWC view
+    assert not no_nhwc.matmul and len(no_nhwc.padding_folded) == 12
+
+
+class _PadsThenConv(nn.Conv2d):
+    """A conv padding first with a module, as EfficientNet ports do; `twist` breaks the pattern."""
+
+    def __init__(self, pad, twist: bool = False, kernel_size: int = 3):
+        super().__init__(3, 4, kernel_size)
+        self.static_padding, self.twist = nn.ZeroPad2d(pad), twist
+
+    def forward(self, x):
+        y = super().forward(self.static_padding(x))
+        return y * 2 if self.twist else y
+
+
+@pytest.mark.parametrize("pad,kernel,twist,folded", [((1, 1, 1, 1), 3, False, True),
+                                                     ((0, 1, 0, 1), 3, False, False),  # one-sided
+                                                     ((1, 1, 1, 1), 3, True, False)])  # not pad + conv
+def test_padding_is_folded_only_where_it_is_the_same_function(pad, kernel, twist, folded):
+    torch.manual_seed(0)
+    net = nn.Sequential(_PadsThenConv(pad, twist, kernel), nn.ReLU(), nn.Conv2d(4, 3, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    m = fv.Model(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=16)
+    x = torch.rand(2, 3, 16, 16)
+    lm = lowered(m, x)
+    assert (lm.report.padding_folded == ["0"]) is folded
+    assert lm.report.matmul == ["2"]
+    assert rel(lm(x), m(x)) <= LOGIT_TOL
 
 
 def test_densenet_bn_after_cat_is_skipped_and_said(lite0):

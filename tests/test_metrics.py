@@ -14,6 +14,7 @@ from torch import nn
 
 import fastviz as fv
 from fastviz import metrics as M
+from fastviz import sanity as S
 
 H = W = 8
 
@@ -89,7 +90,7 @@ def test_spearman_matches_scipy_with_ties():
     b = a + 0.5 * torch.rand(3, 40)
     b[:, :10] = 0  # ties
     want = [spearmanr(a[i], b[i]).statistic for i in range(3)]
-    assert M.spearman(a, b).numpy() == pytest.approx(want, abs=1e-12)
+    assert S.spearman(a, b).numpy() == pytest.approx(want, abs=1e-12)
 
 
 # -- deletion and insertion: closed forms on a linear model ----------------------------------------
@@ -242,7 +243,7 @@ def test_a_linear_models_saliency_after_randomisation_is_the_new_weights():
     fresh = nn.Linear(3 * H * W, 3)
     new = fresh.weight[0].view(3, H, W).abs().amax(0).detach()
     assert torch.allclose(r.randomized[0, 0], new)
-    assert r.similarity[0, 0] == pytest.approx(M.spearman(r.original, new[None]).item())
+    assert r.similarity[0, 0] == pytest.approx(S.spearman(r.original, new[None]).item())
 
 
 # -- deconvnet and input x gradient ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import io, metrics
+from .. import io, metrics, sanity
 from .attribution import batches
 from .common import add_model_args, add_out_arg, model_from_args, out_dir
 
@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                    help=f"maps to judge (default: {' '.join(DEFAULT_METHODS)}); any of "
-                        f"{', '.join(metrics.METHODS)} or the aliases guided, ig, ixg")
+                        f"{', '.join(sanity.METHODS)} or the aliases guided, ig, ixg")
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     p.add_argument("--steps", type=int, default=50, help="deletion / insertion curve steps (default 50)")
     p.add_argument("--percentiles", nargs="+", type=float, default=list(range(10, 100, 10)),
@@ -61,7 +61,7 @@ def evaluate(model, files: list[Path], methods: list[str], steps: int = 50, perc
     """All metrics of every method on every file: {method: {summary..., curves...}}."""
     results = {}
     for name in methods:
-        fn = metrics.map_method(name)
+        fn = sanity.map_method(name)
         dele, ins, road, ms, n = [], [], [], 0.0, 0
         rand_x = []
         for chunk, x in batches(files, batch_size, name):
@@ -100,7 +100,7 @@ def evaluate(model, files: list[Path], methods: list[str], steps: int = 50, perc
             entry["per_image"]["road_combined"] = cat(road, "combined").tolist()
         if rand_images > 0:
             xr = torch.cat(rand_x)[:rand_images].to(model.device)
-            r = metrics.randomization_check(model, xr, name)
+            r = sanity.randomization_check(model, xr, name)
             sim = r.similarity.nanmean(0)
             entry["randomization_similarity"] = sim.mean().item()
             entry["curves"]["randomization_stages"] = r.stages
@@ -160,7 +160,7 @@ def run(args) -> int:
     from ..errors import FastvizError
 
     for name in args.methods:
-        metrics.map_method(name)  # unknown names fail before any work
+        sanity.map_method(name)  # unknown names fail before any work
     if args.rand_images < 0:
         raise FastvizError(f"--rand-images: expected >= 0, got {args.rand_images}")
     model = model_from_args(args)
