@@ -124,8 +124,9 @@ def in_peers_venv(argv: list[str]) -> int:
 
 FEATURE_LAYER, FEATURE_CHANNELS = "_blocks.10", [0, 1, 2, 3, 4, 5]
 FEATURE_SETTINGS = {
-    "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),  # today's default
-    "fft": dict(param="fft", steps=256),                         # the new default
+    "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),           # the seed's default
+    "fft": dict(param="fft", steps=256),                                  # the default: 1-px jitter
+    "fft-lucent": dict(param="fft", transforms="lucent", steps=256),      # lucent's transforms
 }
 
 

@@ -35,14 +35,34 @@ def deterministic():
     torch.use_deterministic_algorithms(before[2])
 
 
-def _close(a: fv.Render, b: fv.Render, what: str):
+def _diff(a: fv.Render, b: fv.Render) -> tuple[float, float]:
+    """(max |image difference|, max relative difference of the score histories)."""
     img = float((a.images - b.images).abs().max())
     hist = float(((a.history - b.history).abs() / a.history.abs().clamp_min(1)).max())
+    return img, hist
+
+
+def _close(a: fv.Render, b: fv.Render, what: str, again: fv.Render | None = None):
+    """b (graph) computes what a (eager) computes.
+
+    cuDNN's backward kernels sum in a nondeterministic order: runs differ in the last bits and a
+    clip threshold can flip a pixel, so compare loosely, but far below any visible change. Where
+    the step has an op with no deterministic CUDA backward (`grid_sample`'s scatters with atomics:
+    the fft and maco transforms), `again` is a second eager run, and the graph may differ from the
+    eager run by up to 10x what eager differs from itself (Adam turns last bits into +-lr steps).
+    """
+    img, hist = _diff(a, b)
     print(f"{what}: graph vs eager max |image diff| {img:.2e}, max rel history diff {hist:.2e}")
     assert b.info["backend"] == "graph" and a.info["backend"] == "eager"
-    # cuDNN's backward kernels sum in a nondeterministic order: runs differ in the last bits and
-    # a clip threshold can flip a pixel, so compare loosely, but far below any visible change.
-    assert hist < 1e-4 and img < 1e-4, (img, hist)
+    img_tol = hist_tol = 1e-4
+    if again is not None:
+        img_self, hist_self = _diff(a, again)
+        print(f"{what}: eager vs eager max |image diff| {img_self:.2e}, max rel history diff {hist_self:.2e}")
+        img_tol, hist_tol = max(img_tol, 10 * img_self), max(hist_tol, 10 * hist_self)
+        # ... and never so far that a person would see it, nor the score drift.
+        assert float((a.images - b.images).abs().mean()) < 2e-3
+        assert float(((a.history[-1] - b.history[-1]).abs() / a.history[-1].abs().clamp_min(1)).max()) < 1e-2
+    assert hist < hist_tol and img < img_tol, (img, hist, img_tol, hist_tol)
 
 
 @pytest.mark.parametrize("kind", ["class", "feature-jitter", "neuron", "dream", "class-maco", "feature-fft",
@@ -51,7 +71,8 @@ def test_graph_equals_eager(gpu_model, deterministic, kind):
     m = gpu_model
     runs = []
     photo = torch.rand(2, 3, 224, 224, device="cuda")
-    for backend in ("eager", "graph"):
+    sampled = kind in ("class-maco", "feature-fft", "class-diversity")  # grid_sample in the step
+    for backend in ("eager", "graph") + (("eager",) if sampled else ()):
         kw = dict(steps=12, seed=0, backend=backend)
         if kind == "class":
             runs.append(fv.class_model(m, [1, 130, 285, 980], param="pixel", **kw))
@@ -68,7 +89,7 @@ def test_graph_equals_eager(gpu_model, deterministic, kind):
         else:
             runs.append(fv.render_objective(m, fv.dream("_blocks.6"), 2, start=photo, optimizer="normalized",
                                   lr=0.01, **kw))
-    _close(runs[0], runs[1], kind)
+    _close(runs[0], runs[1], kind, again=runs[2] if sampled else None)
 
 
 def test_regularizer_kernel_in_the_loop_equals_torch(gpu_model, deterministic):

@@ -33,7 +33,8 @@ def _add_reg_args(p, default_param: str | None) -> None:
                         "with the Yosinski regularizer)")
     p.add_argument("--transforms", choices=("auto", "none", "lucent", "maco"), default="auto",
                    help="random views per step: auto = the param's default (maco: 4 crops of 50-100%%, "
-                        "fft: lucent's pad/jitter/scale/rotate, pixel: none)")
+                        "fft: lucent's pad/jitter/scale/rotate for class models, a 1-pixel jitter for "
+                        "channels and neurons, pixel: none)")
     p.add_argument("--diversity", type=float, default=0.0, help="weight of the diversity term (Olah 2017)")
     d = Yosinski()
     for name in REG_FIELDS:
