@@ -90,19 +90,21 @@ def test_logits_and_gradients_equal_the_original(lite0, name, size, folded):
 def test_lite0_padding_folded_and_pointwise_convs_run_as_matmuls(lite0):
     x = torch.rand(1, 3, 224, 224)
     r = lowered(lite0, x).report
-    # 16 depthwise convs pad with a ZeroPad2d: 12 at stride 1 are symmetric and folded; the stem
-    # and 4 stride-2 "SAME" pads are one-sided and stay. 31 expand / project 1x1 convs + the head.
-    assert len(r.padding_folded) == 12 and "_blocks.1._depthwise_conv" not in r.padding_folded
+    # The stem and 16 depthwise convs pad with a ZeroPad2d: 12 symmetric (stride 1), 5 one-sided
+    # "SAME" pads at stride 2 (kernel grown by a zero row and column). 31 expand / project 1x1
+    # convs + the head run as matmuls.
+    assert len(r.padding_folded) == 17 and {"_conv_stem", "_blocks.1._depthwise_conv"} <= set(r.padding_folded)
+    assert tuple(lowered(lite0, x).module._blocks[1]._depthwise_conv.kernel_size) == (4, 4)
     assert len(r.matmul) == 32 and "_conv_head" in r.matmul
     no_nhwc = lowered(lite0, x, channels_last=False).report  # the matmul needs the NHWC view
-    assert not no_nhwc.matmul and len(no_nhwc.padding_folded) == 12
+    assert not no_nhwc.matmul and len(no_nhwc.padding_folded) == 17
 
 
 class _PadsThenConv(nn.Conv2d):
     """A conv padding first with a module, as EfficientNet ports do; `twist` breaks the pattern."""
 
-    def __init__(self, pad, twist: bool = False, kernel_size: int = 3):
-        super().__init__(3, 4, kernel_size)
+    def __init__(self, pad, twist: bool = False, kernel_size: int = 3, stride: int = 1):
+        super().__init__(3, 4, kernel_size, stride)
         self.static_padding, self.twist = nn.ZeroPad2d(pad), twist
 
     def forward(self, x):
@@ -110,12 +112,17 @@ class _PadsThenConv(nn.Conv2d):
         return y * 2 if self.twist else y
 
 
-@pytest.mark.parametrize("pad,kernel,twist,folded", [((1, 1, 1, 1), 3, False, True),
-                                                     ((0, 1, 0, 1), 3, False, False),  # one-sided
-                                                     ((1, 1, 1, 1), 3, True, False)])  # not pad + conv
-def test_padding_is_folded_only_where_it_is_the_same_function(pad, kernel, twist, folded):
+@pytest.mark.parametrize("pad,kernel,stride,twist,folded", [
+    ((1, 1, 1, 1), 3, 1, False, True),
+    ((0, 1, 0, 1), 3, 2, False, True),   # stride-2 "SAME": kernel grown by a zero row and column
+    ((1, 2, 1, 2), 5, 2, False, True),
+    ((0, 1, 0, 1), 3, 1, False, True),
+    ((0, 2, 0, 2), 3, 2, False, False),  # no conv padding expresses it
+    ((1, 1, 1, 1), 3, 1, True, False),   # the forward is not pad + conv
+])
+def test_padding_is_folded_only_where_it_is_the_same_function(pad, kernel, stride, twist, folded):
     torch.manual_seed(0)
-    net = nn.Sequential(_PadsThenConv(pad, twist, kernel), nn.ReLU(), nn.Conv2d(4, 3, 1),
+    net = nn.Sequential(_PadsThenConv(pad, twist, kernel, stride), nn.ReLU(), nn.Conv2d(4, 3, 1),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     m = fv.Model(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=16)
     x = torch.rand(2, 3, 16, 16)
