@@ -117,7 +117,38 @@ class Pixel(Param):
         regularize(self.leaf, d, g, lr=lr, reg=reg, blur=blur, lo=self.lo, hi=self.hi, impl=impl, out=self.leaf)
 
 
-class FFT(Param):
+class _Spectrum(Param):
+    """What FFT and Maco share: a leaf laid out like `torch.fft.rfft2` of the image,
+    (B, 3, H, W // 2 + 1, *extra), drawn normal with `start_std`; decorrelated colour and a
+    sigmoid take the inverse transform to RGB in [0, 1]."""
+
+    extra: tuple[int, ...] = ()
+    start_std = 1.0
+    what = "start"
+
+    def __init__(self, start: Tensor, size: tuple[int, int]):
+        h, w = size
+        want = (3, h, w // 2 + 1, *self.extra)
+        if tuple(start.shape[1:]) != want:
+            raise FastvizError(f"param: {self.what} must be (B, {', '.join(map(str, want))}), got {tuple(start.shape)}")
+        self.size = size
+        self.matrix = color_matrix(start.device)
+        self.start = start
+        self.leaf = start.clone().requires_grad_(True)
+
+    @classmethod
+    def random(cls, rows: int, size, generators, device, std: float | None = None) -> Tensor:
+        """(rows, 3, H, W // 2 + 1, *extra) normal start, one generator per row."""
+        h, w = size
+        std = cls.start_std if std is None else std
+        return torch.stack([std * torch.randn(3, h, w // 2 + 1, *cls.extra, generator=g) for g in generators]).to(device)
+
+    def _to_image(self, t: Tensor) -> Tensor:
+        """Decorrelated (B, 3, H, W) -> RGB in [0, 1]."""
+        return torch.sigmoid(to_rgb(t, self.matrix))
+
+
+class FFT(_Spectrum):
     """Lucid's Fourier parameterisation with colour decorrelation and a sigmoid.
 
     Args:
@@ -128,28 +159,20 @@ class FFT(Param):
     """
 
     name = "fft"
+    extra = (2,)  # real and imaginary parts
+    start_std = 0.01
+    what = "FFT start"
 
     def __init__(self, start: Tensor, size: tuple[int, int], decay: float = 1.0):
-        self.size = size
+        super().__init__(start, size)
         h, w = size
-        if start.shape[1:] != (3, h, w // 2 + 1, 2):
-            raise FastvizError(f"param: FFT start must be (B, 3, {h}, {w // 2 + 1}, 2), got {tuple(start.shape)}")
-        dev = start.device
         f = rfft_freqs(h, w).clamp_min(1.0 / max(h, w))
-        self.scale = f.pow(-decay)[None, None, :, :, None].to(dev)
-        self.matrix = color_matrix(dev)
-        self.start = start
-        self.leaf = start.clone().requires_grad_(True)
-
-    @staticmethod
-    def random(rows: int, size, generators, device, std: float = 0.01) -> Tensor:
-        h, w = size
-        return torch.stack([std * torch.randn(3, h, w // 2 + 1, 2, generator=g) for g in generators]).to(device)
+        self.scale = f.pow(-decay)[None, None, :, :, None].to(start.device)
 
     def image(self) -> Tensor:
         spectrum = torch.view_as_complex(self.scale * self.leaf)
         t = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4.0  # Lucid's "magic" 4
-        return torch.sigmoid(to_rgb(t, self.matrix))
+        return self._to_image(t)
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,7 +197,7 @@ def photo_magnitude(size: tuple[int, int], device=None) -> Tensor:
     return logm.exp().to(device)
 
 
-class Maco(Param):
+class Maco(_Spectrum):
     """MACO (Fel et al. 2023): fixed natural magnitude spectrum, only the phase is optimised.
 
     image = sigmoid(colour(standardise(irfft2(magnitude * exp(i * phase))))), the
@@ -187,30 +210,19 @@ class Maco(Param):
     """
 
     name = "maco"
+    what = "MACO start phase"
 
     def __init__(self, start: Tensor, size: tuple[int, int], magnitude: Tensor | None = None):
-        self.size = size
-        h, w = size
-        if start.shape[1:] != (3, h, w // 2 + 1):
-            raise FastvizError(f"param: MACO start phase must be (B, 3, {h}, {w // 2 + 1}), got {tuple(start.shape)}")
-        dev = start.device
+        super().__init__(start, size)
         mag = photo_magnitude(size) if magnitude is None else magnitude
-        self.magnitude = mag.to(dev, torch.float32)[None]
-        self.matrix = color_matrix(dev)
-        self.start = start
-        self.leaf = start.clone().requires_grad_(True)
-
-    @staticmethod
-    def random(rows: int, size, generators, device, std: float = 1.0) -> Tensor:
-        h, w = size
-        return torch.stack([std * torch.randn(3, h, w // 2 + 1, generator=g) for g in generators]).to(device)
+        self.magnitude = mag.to(start.device, torch.float32)[None]
 
     def image(self) -> Tensor:
         spectrum = torch.polar(self.magnitude.expand_as(self.leaf), self.leaf)
         t = torch.fft.irfft2(spectrum, s=self.size)
         mu = t.mean((1, 2, 3), keepdim=True)
         sd = t.std((1, 2, 3), keepdim=True)
-        return torch.sigmoid(to_rgb((t - mu) / (sd + 1e-5), self.matrix))
+        return self._to_image((t - mu) / (sd + 1e-5))
 
 
 def make_param(kind: str, rows: int, size, *, device=None, seed: int = 0, first_row: int = 0) -> Param:
