@@ -98,7 +98,8 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
     elif m.num_classes is not None:
         class_targets(target, x.shape[0], m.num_classes)  # refused before the forward
     if lower:
-        m = lowered(m, x, keep=[neuron.layer] if neuron is not None else ())
+        # Deconvnet replaces the activation's backward: it needs the activation modules to run it.
+        m = lowered(m, x, keep=[neuron.layer] if neuron is not None else (), activations=not deconv)
     with session(m, no_inplace=deconv) as s:
         if guided_relu and guided(s) == 0:
             warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "

@@ -59,12 +59,22 @@ class LowerReport:
     copy_bytes: int = 0
     padding_folded: list = field(default_factory=list)  # convs whose zero padding module became conv padding
     matmul: list = field(default_factory=list)           # 1x1 convs run as one matmul over NHWC
+    activation_fused: list = field(default_factory=list)  # [(conv, [Identities after it], activation)]:
+                                                          # the conv now applies that activation
+
+    def shows_other_values(self, names) -> bool:
+        """Whether a layer named in `names` shows other values than in the original: a folded
+        conv, or a conv (or BN after it) that now applies its activation, or a parent of those."""
+        names = set(names)
+        return bool(names & {c for c, _ in self.folded}) or any(
+            _reads(names, [c, *path], act) for c, path, act in self.activation_fused)
 
     def summary(self) -> dict:
         """A small dict for `Render.info["lower"]`."""
         return {"folded": len(self.folded), "skipped": [f"{n}: {r}" for n, r in self.skipped],
                 "method": self.method, "channels_last": self.channels_last,
                 "padding_folded": len(self.padding_folded), "matmul": len(self.matmul),
+                "activation_fused": len(self.activation_fused),
                 "copy_mb": round(self.copy_bytes / 2**20, 1)}
 
 
@@ -256,6 +266,106 @@ def _fold(conv: _ConvNd, bn: _BatchNorm) -> None:
         conv.bias = nn.Parameter(bias, requires_grad=False)
 
 
+# -- activations fused into the op before them (CPU) ------------------------------------------
+# (attr, scalars) in oneDNN's post-op terms: "none", "relu" or "hardtanh" [lo, hi] (ReLU6).
+Act = tuple[str, tuple[float, ...]]
+NO_ACT: Act = ("none", ())
+
+
+def _act_of(m: nn.Module) -> Act | None:
+    """The fusable activation a module computes (exact types only: a subclass may do more)."""
+    if type(m) is nn.ReLU:
+        return ("relu", ())
+    if type(m) in (nn.ReLU6, nn.Hardtanh) and float(m.min_val) < float(m.max_val):
+        return ("hardtanh", (float(m.min_val), float(m.max_val)))
+    return None
+
+
+def _act_forward_(y: torch.Tensor, act: Act) -> torch.Tensor:
+    """The activation in place on a fresh op output (autograd saves the result, not the input)."""
+    if act[0] == "relu":
+        return torch.relu_(y)
+    if act[0] == "hardtanh":
+        return nn.functional.hardtanh(y, *act[1], inplace=True)
+    return y
+
+
+def _act_backward(g: torch.Tensor, y: torch.Tensor, act: Act) -> torch.Tensor:
+    """The activation's backward from its output: y in (lo, hi) exactly where the input was."""
+    if act[0] == "relu":
+        return torch.ops.aten.threshold_backward(g, y, 0)
+    if act[0] == "hardtanh":
+        return torch.ops.aten.hardtanh_backward(g, y, *act[1])
+    return g
+
+
+def _onednn() -> bool:
+    """oneDNN's fused conv / linear + post-op kernels (the CPU ops inductor's freezing uses)."""
+    mk = getattr(torch.ops, "mkldnn", None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and hasattr(mk, "_linear_pointwise")
+                    and hasattr(mk, "_convolution_pointwise"))
+    except Exception:  # an op namespace that raises on lookup: no oneDNN here
+        return False
+
+
+def _autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+class _LinearAct(torch.autograd.Function):
+    """act(x @ W.T + b) on 2-D x in one oneDNN kernel; backward to x only (weights are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, weight_t, bias, act: Act):
+        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, act[0], list(act[1]), "")
+        ctx.act = act
+        ctx.save_for_backward(weight_t, None if act == NO_ACT else y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        weight_t, y = ctx.saved_tensors
+        if y is not None:
+            g = _act_backward(g, y, ctx.act)
+        gx = torch.ops.mkldnn._linear_pointwise(g.contiguous(), weight_t, None, "none", [], "")
+        return gx, None, None, None, None
+
+
+class _ConvAct(torch.autograd.Function):
+    """act(conv2d(x)) in one oneDNN kernel; backward to x only (weights are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, act: Act):
+        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride),
+                                                    list(dilation), groups, act[0], list(act[1]), "")
+        ctx.conv, ctx.act = (stride, padding, dilation, groups), act
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, y = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        if y.is_contiguous(memory_format=torch.channels_last):
+            g = g.contiguous(memory_format=torch.channels_last)  # one layout for the mask's pass
+        g = _act_backward(g, y, ctx.act)
+        (gx, _, _) = torch.ops.aten.convolution_backward(g, x, weight, None, list(stride), list(padding),
+                                                         list(dilation), False, [0, 0], groups,
+                                                         [True, False, False])
+        return gx, None, None, None, None, None, None, None
+
+
+def _tag(y: torch.Tensor, act: Act) -> torch.Tensor:
+    """Mark an output as already activated: the activation module after it passes it through."""
+    if act != NO_ACT:
+        y._fastviz_act = act
+    return y
+
+
 class Pointwise(nn.Module):
     """A 1x1, stride-1, ungrouped convolution as one matmul over the channels_last (NHWC) view.
 
@@ -263,24 +373,190 @@ class Pointwise(nn.Module):
     GEMM with no copy and the backward to the input another. PyTorch's own CPU convolution sends
     such a conv, at one thread and batches under 16, to its im2col path, which copies and
     zero-fills around the same GEMM (measured on Lite0, batch 8: 32 of its 49 convs).
+
+    With oneDNN the GEMM is oneDNN's, with the bias and `act` (the ReLU / ReLU6 that follows,
+    see `_fuse_activations`) applied in its epilogue instead of two more passes over the output.
     """
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, act: Act = NO_ACT):
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].contiguous(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.act, self.onednn = act, _onednn()
+        # W.T for the backward's GEMM (oneDNN takes its weight as (out, in)); moves with .to().
+        self.register_buffer("weight_t", self.weight.detach().t().contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        n, _, h, w = x.shape
+        x = x.permute(0, 2, 3, 1)
+        if self.onednn and x.dtype == self.weight.dtype and not _autocast():
+            y = _LinearAct.apply(x.reshape(n * h * w, self.in_channels), self.weight, self.weight_t,
+                                 self.bias, self.act)
+            y = y.view(n, h, w, self.out_channels)
+        else:
+            y = _act_forward_(nn.functional.linear(x, self.weight, self.bias), self.act)
+        return _tag(y.permute(0, 3, 1, 2), self.act)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}"
+        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}, act={self.act[0]}"
+
+
+class ConvAct(nn.Conv2d):
+    """A plain Conv2d (or `PadConv2d`) that applies the activation after it (`act`) itself, in
+    oneDNN's epilogue."""
+
+    act: Act = NO_ACT
+    onednn: bool = False
+    pre_pad: tuple | None = None  # from a PadConv2d
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, act: Act) -> "ConvAct":
+        new = cls.__new__(cls)
+        new.__dict__ = dict(conv.__dict__)  # the same parameters, hooks dicts and attributes
+        new.act, new.onednn = act, _onednn()
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_pad is not None:
+            x = nn.functional.pad(x, self.pre_pad)
+        if self.onednn and self.padding_mode == "zeros" and isinstance(self.padding, tuple) \
+                and x.dtype == self.weight.dtype and not _autocast():
+            y = _ConvAct.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                               self.groups, self.act)
+        else:
+            y = _act_forward_(super().forward(x), self.act)
+        return _tag(y, self.act)
+
+
+_PASS_THROUGH: dict[type, type] = {}
+
+
+def _pass_through(cls: type) -> type:
+    """`cls` (an activation module class) that returns an input its conv already activated.
+
+    A subclass, so the module still counts as a ReLU / ReLU6 (guided backprop's hooks) and keeps
+    its name; an input that is not marked gets the activation as before (a module called twice,
+    once after a fused conv and once after something else, stays right for both).
+    """
+    if cls not in _PASS_THROUGH:
+        def forward(self, x):
+            if getattr(x, "_fastviz_act", None) == _act_of_base(self):
+                return x
+            return cls.forward(self, x)
+        _PASS_THROUGH[cls] = type(f"PassThrough{cls.__name__}", (cls,), {"forward": forward, "_base": cls})
+    return _PASS_THROUGH[cls]
+
+
+def _act_of_base(m: nn.Module) -> Act | None:
+    base = getattr(type(m), "_base", None)
+    if base is None:
+        return _act_of(m)
+    if base is nn.ReLU:
+        return ("relu", ())
+    return ("hardtanh", (float(m.min_val), float(m.max_val)))
+
+
+class _FuseTracer(torch.fx.Tracer):
+    """fx tracer keeping convs, BNs, `Pointwise` and torch.nn modules as one call_module node."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (_ConvNd, _BatchNorm, Pointwise)) or super().is_leaf_module(m, qualname)
+
+
+def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
+    """Each ReLU / ReLU6 module call whose input is a conv's output (through folded BNs, now
+    Identity) and nothing else's: the conv applies it (`ConvAct`, `Pointwise.act`) and the
+    activation module passes that output through. Skipped when the network does not trace,
+    when a name on the way is one the caller reads (`keep`), or when the fused conv does not
+    compute what conv + activation did on a random input.
+    """
+    try:
+        graph = _FuseTracer().trace(net)
+    except Exception:
+        return
+    modules = dict(net.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    fused: dict[str, tuple[Act, list, str]] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or _act_of(modules[node.target]) is None:
+            continue
+        act = _act_of(modules[node.target])
+        src, path = node.args[0] if node.args else None, []
+        while isinstance(src, torch.fx.Node) and src.op == "call_module" \
+                and type(modules[src.target]) is nn.Identity and len(src.users) == 1:
+            path.append(src.target)
+            src = src.args[0] if src.args else None
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1):
+            continue
+        conv = modules[src.target]
+        changed = [src.target, *path]
+        if type(conv) not in (nn.Conv2d, PadConv2d, Pointwise) or calls[src.target] != 1 or src.target in fused \
+                or _reads(keep, changed, node.target) \
+                or any(modules[n]._forward_hooks or modules[n]._forward_pre_hooks for n in changed):
+            continue
+        fused[src.target] = (act, path, node.target)
+    for name, (act, path, act_name) in fused.items():
+        conv = modules[name]
+        if isinstance(conv, Pointwise):
+            new = copy.copy(conv)
+            new.act = act
+        else:
+            new = ConvAct.of(conv, act)
+        if not _same_function(conv, new, act):
+            continue
+        _replace(net, conv, new)
+        report.activation_fused.append((name, path, act_name))
+    if report.activation_fused:
+        for m in net.modules():
+            if _act_of(m) is not None:
+                m.__class__ = _pass_through(type(m))
+
+
+def _reads(keep: set, changed: list, act: str) -> bool:
+    """Whether a name the caller reads shows one of `changed`'s outputs: the name itself, or a
+    parent module holding it but not the activation (a Sequential(conv, bn) whose output is
+    the BN's)."""
+    return any(n == k or (n.startswith(k + ".") and not act.startswith(k + "."))
+               for k in keep for n in changed)
+
+
+@torch.no_grad()
+def _same_function(conv: nn.Module, new: nn.Module, act: Act) -> bool:
+    """new(x) == act(conv(x)) on a random channels_last input (the op exists and does that)."""
+    k = conv.kernel_size if isinstance(conv, nn.Conv2d) else (1, 1)
+    g = torch.Generator().manual_seed(0)
+    x = 4 * torch.randn(2, conv.in_channels, 2 * k[0] + 3, 2 * k[1] + 3, generator=g)
+    x = x.to(conv.weight).contiguous(memory_format=torch.channels_last)
+    try:
+        want = _act_forward_(conv(x).clone(), act)
+        got = new(x)
+    except Exception:
+        return False
+    return want.shape == got.shape and torch.allclose(want, got, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
 def _identity_like(m) -> bool:
     """nn.Identity, or a package's own `Identity` module (EfficientNet's static padding of 0)."""
     return m is None or isinstance(m, nn.Identity) or (type(m).__name__ == "Identity" and not list(m.parameters()))
+
+
+class PadConv2d(nn.Conv2d):
+    """A conv after an explicit zero pad `pre_pad` (left, right, top, bottom): the one-sided
+    "SAME" pads that no conv padding expresses, as a plain module the rewrites can recognise."""
+
+    pre_pad: tuple | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_pad is not None:
+            x = nn.functional.pad(x, self.pre_pad)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pre_pad={self.pre_pad}"
 
 
 def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
@@ -291,10 +567,12 @@ def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
     padding, which saves a zero-filled, padded copy of the activation forward and a slice of the
     gradient backward:
     - a symmetric pad (p, p) is the conv's padding p;
-    - a one-sided "SAME" pad (p, p + 1), as at stride 2, is padding p + 1 with one zero row and
-      column prepended to the kernel: the extra tap meets only the extra padding. Done for
-      depthwise convs and convs of at most 4 input channels (a stem), where the larger kernel
-      costs less than the copy (Lite0, batch 8: the network 7% faster with its 5 such convs).
+    - a one-sided "SAME" pad (p, p + 1), as at stride 2, of a depthwise conv is padding p + 1
+      with one zero row and column prepended to the kernel: the extra tap meets only the extra
+      padding, and the larger kernel costs less than the padded copy (Lite0, batch 8, forward +
+      backward: 0.6x the time at 96 x 112 x 112, 0.8x at 672 x 14 x 14);
+    - any other one-sided pad stays an explicit pad in a `PadConv2d` (a dense conv's grown kernel
+      costs more than the copy: Lite0's stem, 3 -> 32 channels, 1.5x the time of pad + 3x3).
     The result is checked on a random input; any doubt keeps the original.
     """
     if type(conv) is nn.Conv2d:
@@ -310,14 +588,17 @@ def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
     elif pad.padding[0] == pad.padding[1] and pad.padding[2] == pad.padding[3]:
         p = (pad.padding[2], pad.padding[0])
     elif pad.padding[1] == pad.padding[0] + 1 and pad.padding[3] == pad.padding[2] + 1 \
-            and conv.dilation == (1, 1) and (conv.groups == conv.in_channels or conv.in_channels <= 4):
+            and conv.dilation == (1, 1) and conv.groups == conv.in_channels:
         p = (pad.padding[3], pad.padding[1])
         weight = nn.Parameter(nn.functional.pad(conv.weight.detach(), (1, 0, 1, 0)), requires_grad=False)
     else:
-        return None
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[-2:]), conv.stride, p, conv.dilation,
-                    conv.groups, conv.bias is not None)
+        p = (0, 0)
+    cls = nn.Conv2d if _identity_like(pad) or p != (0, 0) else PadConv2d
+    new = cls(conv.in_channels, conv.out_channels, tuple(weight.shape[-2:]), conv.stride, p, conv.dilation,
+              conv.groups, conv.bias is not None)
     new.weight, new.bias = weight, conv.bias
+    if cls is PadConv2d:
+        new.pre_pad = tuple(pad.padding)
     kh, kw = conv.kernel_size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, conv.in_channels, 2 * kh + 4, 2 * kw + 4, generator=g).to(conv.weight)
@@ -341,9 +622,10 @@ def _rewrite_convs(net: nn.Module, report: LowerReport, matmul: bool) -> None:
                 and plain.dilation == (1, 1) and plain.groups == 1:
             _replace(net, conv, Pointwise(plain))
             report.matmul.append(name)
-        elif plain is not conv and plain.padding != (0, 0):
+        elif plain is not conv and (plain.padding != (0, 0) or type(plain) is PadConv2d):
             _replace(net, conv, plain)
-            report.padding_folded.append(name)
+            if type(plain) is not PadConv2d:
+                report.padding_folded.append(name)
 
 
 def _replace(net: nn.Module, target: nn.Module, new: nn.Module) -> None:
@@ -354,8 +636,8 @@ def _replace(net: nn.Module, target: nn.Module, new: nn.Module) -> None:
                 parent._modules[k] = new
 
 
-def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: bool = True
-                 ) -> tuple[nn.Module, LowerReport]:
+def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: bool = True,
+                 activations: bool = True) -> tuple[nn.Module, LowerReport]:
     """A lowered deep copy of `net` (which is only read): eval, frozen, BN folded, channels_last.
 
     Args:
@@ -363,6 +645,9 @@ def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: boo
         x: (B, C, H, W) an input the network takes (only used where fx cannot trace the network).
         keep: module names whose own output must stay as it is (a conv named here is not folded).
         channels_last: put 4-D weights in channels_last.
+        activations: on the CPU in channels_last, let convs apply the ReLU / ReLU6 after them
+            (`_fuse_activations`). Off for backward rules that replace the activation's own
+            backward (deconvnet).
 
     Returns:
         (the copy, LowerReport).
@@ -394,7 +679,10 @@ def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: boo
         _fold(modules[c.conv], modules[c.bn])
         _replace(new, modules[c.bn], nn.Identity())
         report.folded.append((c.conv, c.bn))
-    _rewrite_convs(new, report, matmul=channels_last and x.device.type == "cpu")
+    cpu_nhwc = channels_last and x.device.type == "cpu"
+    _rewrite_convs(new, report, matmul=cpu_nhwc)
+    if cpu_nhwc and activations:
+        _fuse_activations(new, report, keep)
     if channels_last:
         new.to(memory_format=torch.channels_last)
         report.channels_last = True
@@ -421,7 +709,8 @@ def _same(a: tuple, b: tuple) -> bool:
                                                 and torch.equal(a[1], b[1]))
 
 
-def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = True) -> LoweredModel:
+def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = True,
+            activations: bool = True) -> LoweredModel:
     """The lowered copy of `model` for inputs like `x`, from the cache when the weights are unchanged.
 
     Args:
@@ -429,6 +718,7 @@ def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = Tru
         x: (B, C, H, W) an input in [0, 1] on the device the copy is for.
         keep: layer names the caller reads whose own output must not change (see module doc).
         channels_last: put weights and input in channels_last (4-D inputs).
+        activations: let convs apply the activation after them (see `lower_module`).
 
     Returns:
         LoweredModel on x's device. If the copy cannot be made (a module that cannot be deep-copied),
@@ -438,17 +728,17 @@ def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = Tru
     if isinstance(model, LoweredModel):
         return model
     cache = model.__dict__.setdefault("_lowered", {})
-    key = (x.device, x.dtype, channels_last)
+    key = (x.device, x.dtype, channels_last, activations)
     fp = fingerprint(model.module)
     hit = cache.get(key)
     convs = frozenset(keep)
     if hit is not None and _same(hit[0], fp):
         lm = hit[1]
-        if not convs & {c for c, _ in lm.report.folded}:  # no layer the caller reads was folded
+        if not lm.report.shows_other_values(convs):
             return lm
     try:
         new, report = lower_module(model.module, model.normalize(x[:1]), keep=convs,
-                                   channels_last=channels_last)
+                                   channels_last=channels_last, activations=activations)
     except Exception as e:  # e.g. a module that cannot be deep-copied: run the network as it is, and say so
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         warnings.warn(f"fastviz: could not lower {model.name} ({why}); running it as it is",

@@ -91,13 +91,15 @@ def test_lite0_padding_folded_and_pointwise_convs_run_as_matmuls(lite0):
     x = torch.rand(1, 3, 224, 224)
     r = lowered(lite0, x).report
     # The stem and 16 depthwise convs pad with a ZeroPad2d: 12 symmetric (stride 1), 5 one-sided
-    # "SAME" pads at stride 2 (kernel grown by a zero row and column). 31 expand / project 1x1
-    # convs + the head run as matmuls.
-    assert len(r.padding_folded) == 17 and {"_conv_stem", "_blocks.1._depthwise_conv"} <= set(r.padding_folded)
+    # "SAME" pads at stride 2, 4 of them depthwise (kernel grown by a zero row and column).
+    # 31 expand / project 1x1 convs + the head run as matmuls.
+    assert len(r.padding_folded) == 16 and "_blocks.1._depthwise_conv" in r.padding_folded
     assert tuple(lowered(lite0, x).module._blocks[1]._depthwise_conv.kernel_size) == (4, 4)
+    # The stem (3 -> 32, dense) keeps its one-sided pad, explicit: a grown kernel costs it more.
+    assert lowered(lite0, x).module._conv_stem.pre_pad == (0, 1, 0, 1)
     assert len(r.matmul) == 32 and "_conv_head" in r.matmul
     no_nhwc = lowered(lite0, x, channels_last=False).report  # the matmul needs the NHWC view
-    assert not no_nhwc.matmul and len(no_nhwc.padding_folded) == 17
+    assert not no_nhwc.matmul and len(no_nhwc.padding_folded) == 16
 
 
 class _PadsThenConv(nn.Conv2d):
@@ -112,22 +114,24 @@ class _PadsThenConv(nn.Conv2d):
         return y * 2 if self.twist else y
 
 
-@pytest.mark.parametrize("pad,kernel,stride,twist,folded", [
-    ((1, 1, 1, 1), 3, 1, False, True),
-    ((0, 1, 0, 1), 3, 2, False, True),   # stride-2 "SAME": kernel grown by a zero row and column
-    ((1, 2, 1, 2), 5, 2, False, True),
-    ((0, 1, 0, 1), 3, 1, False, True),
-    ((0, 2, 0, 2), 3, 2, False, False),  # no conv padding expresses it
-    ((1, 1, 1, 1), 3, 1, True, False),   # the forward is not pad + conv
+@pytest.mark.parametrize("pad,kernel,stride,twist,becomes", [
+    ((1, 1, 1, 1), 3, 1, False, "folded"),
+    ((0, 1, 0, 1), 3, 2, False, "pad"),   # one-sided on a dense conv: an explicit pad (PadConv2d)
+    ((1, 2, 1, 2), 5, 2, False, "pad"),
+    ((0, 2, 0, 2), 3, 2, False, "pad"),   # no conv padding expresses it
+    ((1, 1, 1, 1), 3, 1, True, "kept"),   # the forward is not pad + conv
 ])
-def test_padding_is_folded_only_where_it_is_the_same_function(pad, kernel, stride, twist, folded):
+def test_padding_is_folded_only_where_it_is_the_same_function(pad, kernel, stride, twist, becomes):
     torch.manual_seed(0)
     net = nn.Sequential(_PadsThenConv(pad, twist, kernel, stride), nn.ReLU(), nn.Conv2d(4, 3, 1),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     m = fv.Model(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=16)
     x = torch.rand(2, 3, 16, 16)
     lm = lowered(m, x)
-    assert (lm.report.padding_folded == ["0"]) is folded
+    assert (lm.report.padding_folded == ["0"]) is (becomes == "folded")
+    assert (getattr(lm.module[0], "pre_pad", None) == pad) is (becomes == "pad")
+    assert isinstance(lm.module[0], _PadsThenConv) is (becomes == "kept")
+    assert [c for c, *_ in lm.report.activation_fused] == ([] if becomes == "kept" else ["0"])
     assert lm.report.matmul == ["2"]
     assert rel(lm(x), m(x)) <= LOGIT_TOL
 
@@ -144,10 +148,12 @@ def test_densenet_bn_after_cat_is_skipped_and_said(lite0):
 
 def test_activations_at_named_layers_equal(lite0):
     x = fv.load_images(fv.sample_images()["chelsea"])
-    lm = lowered(lite0, x)
-    names = ["_blocks.3._bn1", "_blocks.10", "_conv_head"]  # a folded BN (now Identity), a block, a folded conv
+    names = ["_blocks.3._bn1", "_blocks.10", "_conv_head"]
     with session(lite0) as s:
         ref, _ = s.forward(x, names, stop=False)
+    # A folded BN (now Identity) that the caller reads is kept out of the activation fusion.
+    lm = lowered(lite0, x, keep=["_blocks.3._bn1"])
+    assert "_blocks.3._depthwise_conv" not in {c for c, *_ in lm.report.activation_fused}
     with session(lm) as s:
         got, _ = s.forward(x, names, stop=False)
     for n in ["_blocks.3._bn1", "_blocks.10"]:
@@ -155,6 +161,13 @@ def test_activations_at_named_layers_equal(lite0):
         assert rel(got[n], ref[n]) <= 1e-5, n
     # A folded conv shows its BN's output, not its own: callers that read a conv name keep it.
     assert rel(got["_conv_head"], ref["_conv_head"]) > 1e-2
+    # Without `keep`, that BN's name shows the ReLU6 its conv now applies (a fresh copy: the
+    # cached one, made for a caller that reads it, serves every caller).
+    release(lite0)
+    with session(lowered(lite0, x)) as s:
+        fused, _ = s.forward(x, ["_blocks.3._bn1"], stop=False)
+    assert float(fused["_blocks.3._bn1"].min()) >= 0 > float(ref["_blocks.3._bn1"].min())
+    assert rel(fused["_blocks.3._bn1"], ref["_blocks.3._bn1"].clamp(0, 6)) <= 1e-5
     kept = lowered(lite0, x, keep=["_conv_head"])
     assert "_conv_head" not in {c for c, _ in kept.report.folded}
     assert any("objective reads" in r for _, r in kept.report.skipped)
@@ -301,3 +314,121 @@ def test_lowered_on_cuda_and_in_the_graph():
     assert rel(ol, o) <= 1e-4 and rel(gl, g) <= GRAD_TOL  # cuDNN's TF32 / algorithm choice differ
     r = fv.class_model(m, [285], steps=8, backend="graph")
     assert r.info["backend"] == "graph" and r.info["lower"]["folded"] == 49
+
+
+# -- activations fused into the conv before them (CPU, channels_last) --------------------------
+class _ConvBnAct(nn.Module):
+    """conv -> BN -> activation -> 1x1 conv -> pool: one fusable pair, pre-activations spread
+    over (-6, 12) so ReLU6's both kinks are crossed."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.act = conv, nn.BatchNorm2d(conv.out_channels), act
+        self.head = nn.Sequential(nn.Conv2d(conv.out_channels, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        with torch.no_grad():
+            self.conv.weight.mul_(4.0)
+            self.bn.bias.fill_(2.0)
+
+    def forward(self, x):
+        return self.head(self.act(self.bn(self.conv(x))))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.ReLU(inplace=True), nn.Hardtanh(-1.0, 3.0)])
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(6, 12, 1),                         # a matmul (Pointwise)
+    lambda: nn.Conv2d(6, 6, 3, 2, 1, groups=6),          # depthwise, stride 2
+    lambda: nn.Conv2d(6, 10, 3, 1, 1, bias=False),       # dense 3x3
+], ids=["pointwise", "depthwise-s2", "dense3x3"])
+def test_fused_activation_is_the_same_function(act, conv):
+    torch.manual_seed(0)
+    net = randomise_bn(_ConvBnAct(conv(), act)).eval()
+    m = fv.Model(net, mean=(0.5,) * 6, std=(0.25,) * 6, input_size=12)
+    x = torch.rand(3, 6, 12, 12, generator=torch.Generator().manual_seed(1))
+    lm = lowered(m, x)
+    assert lm.report.activation_fused == [("conv", ["bn"], "act")]
+    assert isinstance(lm.module.act, type(act)) and type(lm.module.act) is not type(act)  # passes through
+    o64, g64 = logits_and_grad(float64(m), x.double())
+    ol, gl = logits_and_grad(lm, x)
+    assert rel(ol, o64) <= LOGIT_TOL and rel(gl, g64) <= 1e-5
+    # The same with the torch fallback (no oneDNN): in-place activation after torch's own op.
+    fused = lm.module.conv
+    fused.onednn = False
+    try:
+        of, gf = logits_and_grad(lm, x)
+    finally:
+        fused.onednn = True
+    assert rel(of, o64) <= LOGIT_TOL and rel(gf, g64) <= 1e-5
+
+
+class _SharedAct(nn.Module):
+    """One ReLU6 module called twice: after a conv (fusable) and after a residual add (not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        with torch.no_grad():
+            self.c1.weight.mul_(20.0)
+            self.c2.weight.mul_(10.0)
+
+    def forward(self, x):
+        y = self.act(self.c1(x))
+        return self.head(self.act(self.c2(y) + y))
+
+
+def test_shared_activation_after_a_fused_conv_and_after_an_add(snapshot):
+    torch.manual_seed(0)
+    net = _SharedAct().eval()
+    snap = snapshot(net)
+    m = fv.Model(net, input_size=16)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    lm = lowered(m, x)
+    assert lm.report.activation_fused == [("c1", [], "act")]  # c2's output goes to the add
+    o64, g64 = logits_and_grad(float64(m), x.double())
+    ol, gl = logits_and_grad(lm, x)
+    assert rel(ol, o64) <= LOGIT_TOL and rel(gl, g64) <= 1e-5
+    # The add's output crosses 6, so the module must still clamp it on its second call.
+    seen = []
+    h = lm.module.act.register_forward_hook(lambda _m, i, o: seen.append((float(i[0].max()), float(o.max()))))
+    try:
+        lm(x)
+    finally:
+        h.remove()
+    assert len(seen) == 2 and seen[1][0] > 6.0 and max(o for _, o in seen) == 6.0
+    snap.assert_unchanged()
+    assert type(net.act) is nn.ReLU6 and isinstance(net.c1, nn.Conv2d)
+
+
+def test_lite0_activations_fused_and_cached_by_what_the_caller_reads(lite0):
+    x = torch.rand(1, 3, 224, 224)
+    release(lite0)
+    lm = lowered(lite0, x)
+    fused = {c: path for c, path, _ in lm.report.activation_fused}
+    # The stem, 16 depthwise, 15 expand convs and the head apply their ReLU6; project convs have none.
+    assert len(fused) == 33 and fused["_blocks.1._depthwise_conv"] == ["_blocks.1._bn1"]
+    assert "_blocks.1._project_conv" not in fused
+    assert lm.report.summary()["activation_fused"] == 33
+    # A later call that reads a name the fusion changed gets a copy made for it, not the cached one.
+    kept = lowered(lite0, x, keep=["_blocks.1._bn1"])
+    assert kept is not lm and "_blocks.1._depthwise_conv" not in {c for c, *_ in kept.report.activation_fused}
+    assert lowered(lite0, x, keep=["_blocks.10"]) is kept  # a block output is the same in both
+    assert not lowered(lite0, x, activations=False).report.activation_fused
+    assert not lowered(lite0, x, channels_last=False).report.activation_fused
+
+
+def test_guided_backprop_and_deconvnet_through_the_fused_copy(lite0, cat_coffee):
+    exact = fv.guided_backprop(lite0, cat_coffee, [285, 967])
+    fast = fv.guided_backprop(lite0, cat_coffee, [285, 967], lower=True)
+    assert exact.abs().sum() > 0 and rel(fast, exact) <= 2e-3
+    # Deconvnet replaces the activation's backward, so it runs on a copy without the fusion.
+    from fastviz.attribution import gradient
+
+    g_exact, _ = gradient(lite0, cat_coffee, [285, 967], deconv=True)
+    g_fast, _ = gradient(lite0, cat_coffee, [285, 967], deconv=True, lower=True)
+    assert rel(g_fast, g_exact) <= 2e-3
+
+
+def test_bf16_autocast_through_the_fused_copy(lite0):
+    release(lite0)
+    r = fv.class_model(lite0, [285], steps=2, size=64, amp=True)
+    assert r.info["lower"]["activation_fused"] == 33 and bool(r.images.isfinite().all())
