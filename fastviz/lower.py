@@ -1,4 +1,4 @@
-"""The lowered network for the synthesis loop: a private copy with BatchNorms folded, channels_last.
+"""The lowered network for the synthesis loop: a private copy, BNs folded, activations fused, NHWC.
 
 The loop never trains, so the network it runs can be rewritten once for speed. `lowered(model, x)`
 returns a `LoweredModel`: a deep copy of the user's network, in eval mode with parameters frozen,
@@ -18,20 +18,27 @@ it is safe, else skipped with the reason in `LoweredModel.report` (and `Render.i
 - the conv is transposed, or a layer the caller needs unchanged (`keep`: a conv whose own
   output an objective reads would otherwise show the folded, BN-scaled values).
 
-Two more rewrites, each checked on a random input and skipped when in doubt: a conv that pads
-with a zero-padding module first (EfficientNet's TensorFlow "SAME" ports) gets the padding as
-its own, saving a padded copy per call (a one-sided pad by growing the kernel by a zero row and
-column, see `_plain_conv`); and on the CPU in channels_last, a 1x1
-stride-1 conv becomes `Pointwise`, one matmul over the NHWC view (PyTorch sends these, at one
-thread and small batches, to an im2col path that copies around the same GEMM). Both keep the
-module's name, so hooks and layer names resolve as before.
+More rewrites, each checked on a random input and skipped when in doubt, all keeping the
+module's name, so hooks and layer names resolve as before:
+- a conv that pads with a zero-padding module first (EfficientNet's TensorFlow "SAME" ports)
+  gets the padding as its own, saving a padded copy per call (a depthwise conv's one-sided pad by
+  growing the kernel by a zero row and column; see `_plain_conv`);
+- on the CPU in channels_last, a 1x1 stride-1 conv becomes `Pointwise`, one matmul over the NHWC
+  view (PyTorch sends these, at one thread and small batches, to an im2col path that copies
+  around the same GEMM);
+- on the CPU in channels_last, a ReLU / ReLU6 module whose input is a conv's output and nothing
+  else's (through folded BNs) runs in that conv's oneDNN epilogue (`ConvAct`, `Pointwise.act`):
+  the conv marks its output, and the activation module, now a pass-through subclass of its own
+  class, returns a marked input as it is (see `_fuse_activations`). A name the caller reads
+  (`keep`) is never on such a path. The backward takes the activation's mask from the output.
 
 The copy is cached on the `Model` per (device, dtype) and made again when the weights change:
 the fingerprint is each parameter and buffer's identity, shape, dtype, autograd version counter
 (bumped by every in-place change, `load_state_dict` included) and its sum (which also catches
 changes through `.data`, which bypass the version counter). Checking it costs one pass over the
-weights per call, never per step. Memory: one copy of the weights and buffers per (device, dtype)
-(EfficientNet-Lite0: 4.7 M parameters, about 19 MB in fp32); `release(model)` drops it.
+weights per call, never per step. Memory: one copy of the weights and buffers per (device, dtype),
+plus, on the CPU, each matmul's weight transposed for its backward (EfficientNet-Lite0: 4.7 M
+parameters, 29.7 MB in fp32, 12 MB of it the transposes); `release(model)` drops it.
 """
 
 from __future__ import annotations
