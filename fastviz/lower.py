@@ -30,7 +30,10 @@ module's name, so hooks and layer names resolve as before:
   else's (through folded BNs) runs in that conv's oneDNN epilogue (`ConvAct`, `Pointwise.act`):
   the conv marks its output, and the activation module, now a pass-through subclass of its own
   class, returns a marked input as it is (see `_fuse_activations`). A name the caller reads
-  (`keep`) is never on such a path. The backward takes the activation's mask from the output.
+  (`keep`) is never on such a path. The backward takes the activation's mask from the output,
+  so that output must not change in place afterwards: a conv whose activated output fx sees
+  changed in place is left alone, and one forward + backward of the copy at lowering catches
+  what fx does not see (`y += 1`); if it fails, nothing is fused and the report says why.
 
 The copy is cached on the `Model` per (device, dtype) and made again when the weights change:
 the fingerprint is each parameter and buffer's identity, shape, dtype, autograd version counter
@@ -163,17 +166,8 @@ def _pairs_fx(net: nn.Module) -> list[_Candidate]:
 
 def _grad_nodes(outputs) -> dict:
     """In-degree of every autograd node reachable from the output tensors."""
-    tensors, stack = [], [outputs]
-    while stack:
-        o = stack.pop()
-        if isinstance(o, torch.Tensor):
-            tensors.append(o)
-        elif isinstance(o, (list, tuple)):
-            stack.extend(o)
-        elif isinstance(o, dict):
-            stack.extend(o.values())
     indeg: dict = {}
-    todo = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    todo = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
     seen = set()
     while todo:
         fn = todo.pop()
@@ -367,10 +361,18 @@ class _ConvAct(torch.autograd.Function):
 
 
 def _tag(y: torch.Tensor, act: Act) -> torch.Tensor:
-    """Mark an output as already activated: the activation module after it passes it through."""
+    """Mark an output as already activated: the activation module after it passes it through.
+
+    The mark holds the tensor's version counter, so an in-place change after it (`y += skip`)
+    voids it."""
     if act != NO_ACT:
-        y._fastviz_act = act
+        y._fastviz_act = (act, y._version)
     return y
+
+
+def _activated(x: torch.Tensor, act: Act) -> bool:
+    """Whether `x` is a conv's output with `act` applied and unchanged since (see `_tag`)."""
+    return getattr(x, "_fastviz_act", None) == (act, x._version)
 
 
 class Pointwise(nn.Module):
@@ -439,29 +441,22 @@ class ConvAct(nn.Conv2d):
 _PASS_THROUGH: dict[type, type] = {}
 
 
-def _pass_through(cls: type) -> type:
-    """`cls` (an activation module class) that returns an input its conv already activated.
+def _pass_through(m: nn.Module) -> None:
+    """Make activation module `m` return an input that its conv already activated as it is.
 
-    A subclass, so the module still counts as a ReLU / ReLU6 (guided backprop's hooks) and keeps
-    its name; an input that is not marked gets the activation as before (a module called twice,
-    once after a fused conv and once after something else, stays right for both).
+    Its class becomes a subclass of its own, so it still counts as a ReLU / ReLU6 (guided
+    backprop's hooks) and keeps its name and attributes; an input that is not marked gets the
+    activation as before (a module called twice, once after a fused conv and once after
+    something else, stays right for both). Activations are idempotent, so a marked tensor that
+    meets a second module of the same kind is right to pass through it too.
     """
+    cls = type(m)
     if cls not in _PASS_THROUGH:
         def forward(self, x):
-            if getattr(x, "_fastviz_act", None) == _act_of_base(self):
-                return x
-            return cls.forward(self, x)
-        _PASS_THROUGH[cls] = type(f"PassThrough{cls.__name__}", (cls,), {"forward": forward, "_base": cls})
-    return _PASS_THROUGH[cls]
-
-
-def _act_of_base(m: nn.Module) -> Act | None:
-    base = getattr(type(m), "_base", None)
-    if base is None:
-        return _act_of(m)
-    if base is nn.ReLU:
-        return ("relu", ())
-    return ("hardtanh", (float(m.min_val), float(m.max_val)))
+            return x if _activated(x, self._fastviz_act) else cls.forward(self, x)
+        _PASS_THROUGH[cls] = type(f"PassThrough{cls.__name__}", (cls,), {"forward": forward})
+    m._fastviz_act = _act_of(m)
+    m.__class__ = _PASS_THROUGH[cls]
 
 
 class _FuseTracer(torch.fx.Tracer):
@@ -501,6 +496,8 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
             continue
         conv = modules[src.target]
         changed = [src.target, *path]
+        if any(_in_place(u, modules, act) for u in node.users):
+            continue  # the fused op keeps its output for the backward: it must not change after
         if type(conv) not in (nn.Conv2d, PadConv2d, Pointwise) or calls[src.target] != 1 or src.target in fused \
                 or _reads(keep, changed, node.target) \
                 or any(modules[n]._forward_hooks or modules[n]._forward_pre_hooks for n in changed):
@@ -520,7 +517,46 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
     if report.activation_fused:
         for m in net.modules():
             if _act_of(m) is not None:
-                m.__class__ = _pass_through(type(m))
+                _pass_through(m)
+
+
+def _in_place(user: torch.fx.Node, modules: dict, act: Act) -> bool:
+    """Whether fx node `user` changes its input in place: `add_`, `torch.relu_`, an inplace module
+    other than a same-kind activation (which passes the activated output through). fx records
+    `y += 1` as an ordinary add; `_backward_fails` catches that one."""
+    if user.op == "call_function":
+        return getattr(user.target, "__name__", "").endswith("_")
+    if user.op == "call_method":
+        return str(user.target).endswith("_")
+    if user.op == "call_module":
+        m = modules[user.target]
+        return bool(getattr(m, "inplace", False)) and _act_of(m) != act
+    return False
+
+
+def _backward_fails(net: nn.Module, x: torch.Tensor) -> str:
+    """Why one forward + backward to `x` of `net` raises, or "" (the end-to-end check of the fusion)."""
+    try:
+        with torch.enable_grad():
+            xi = x.detach().clone().requires_grad_(True)
+            out = net(xi.contiguous(memory_format=torch.channels_last) if xi.dim() == 4 else xi)
+            outs = [t for t in _tensors(out) if t.requires_grad]
+            if outs:
+                torch.autograd.grad(sum(t.float().sum() for t in outs), xi, allow_unused=True)
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    return ""
+
+
+def _tensors(out) -> list:
+    """The tensors in a (nested) network output."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
 
 
 def _reads(keep: set, changed: list, act: str) -> bool:
@@ -690,6 +726,11 @@ def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: boo
     _rewrite_convs(new, report, matmul=cpu_nhwc)
     if cpu_nhwc and activations:
         _fuse_activations(new, report, keep)
+        why = _backward_fails(new, x) if report.activation_fused else ""
+        if why:  # e.g. an in-place change of a fused output that fx did not see: none fused
+            new, report = lower_module(net, x, keep=keep, channels_last=channels_last, activations=False)
+            report.skipped.append(("activations", f"not fused: with them the backward failed ({why})"))
+            return new, report
     if channels_last:
         new.to(memory_format=torch.channels_last)
         report.channels_last = True
