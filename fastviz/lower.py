@@ -55,6 +55,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from .fused import Act, ConvAct, PadConv2d, Pointwise, activate_, activation_of, pass_through
 from .models import Model
 
 
@@ -267,198 +268,7 @@ def _fold(conv: _ConvNd, bn: _BatchNorm) -> None:
         conv.bias = nn.Parameter(bias, requires_grad=False)
 
 
-# -- activations fused into the op before them (CPU) ------------------------------------------
-# (attr, scalars) in oneDNN's post-op terms: "none", "relu" or "hardtanh" [lo, hi] (ReLU6).
-Act = tuple[str, tuple[float, ...]]
-NO_ACT: Act = ("none", ())
-
-
-def _act_of(m: nn.Module) -> Act | None:
-    """The fusable activation a module computes (exact types only: a subclass may do more)."""
-    if type(m) is nn.ReLU:
-        return ("relu", ())
-    if type(m) in (nn.ReLU6, nn.Hardtanh) and float(m.min_val) < float(m.max_val):
-        return ("hardtanh", (float(m.min_val), float(m.max_val)))
-    return None
-
-
-def _act_forward_(y: torch.Tensor, act: Act) -> torch.Tensor:
-    """The activation in place on a fresh op output (autograd saves the result, not the input)."""
-    if act[0] == "relu":
-        return torch.relu_(y)
-    if act[0] == "hardtanh":
-        return nn.functional.hardtanh(y, *act[1], inplace=True)
-    return y
-
-
-def _act_backward(g: torch.Tensor, y: torch.Tensor, act: Act) -> torch.Tensor:
-    """The activation's backward from its output: y in (lo, hi) exactly where the input was."""
-    if act[0] == "relu":
-        return torch.ops.aten.threshold_backward(g, y, 0)
-    if act[0] == "hardtanh":
-        return torch.ops.aten.hardtanh_backward(g, y, *act[1])
-    return g
-
-
-def _onednn() -> bool:
-    """oneDNN's fused conv / linear + post-op kernels (the CPU ops inductor's freezing uses)."""
-    mk = getattr(torch.ops, "mkldnn", None)
-    try:
-        return bool(torch.backends.mkldnn.is_available() and hasattr(mk, "_linear_pointwise")
-                    and hasattr(mk, "_convolution_pointwise"))
-    except Exception:  # an op namespace that raises on lookup: no oneDNN here
-        return False
-
-
-def _autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-class _LinearAct(torch.autograd.Function):
-    """act(x @ W.T + b) on 2-D x in one oneDNN kernel; backward to x only (weights are frozen)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, weight_t, bias, act: Act):
-        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, act[0], list(act[1]), "")
-        ctx.act = act
-        ctx.save_for_backward(weight_t, None if act == NO_ACT else y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        weight_t, y = ctx.saved_tensors
-        if y is not None:
-            g = _act_backward(g, y, ctx.act)
-        gx = torch.ops.mkldnn._linear_pointwise(g.contiguous(), weight_t, None, "none", [], "")
-        return gx, None, None, None, None
-
-
-class _ConvAct(torch.autograd.Function):
-    """act(conv2d(x)) in one oneDNN kernel; backward to x only (weights are frozen)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, act: Act):
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride),
-                                                    list(dilation), groups, act[0], list(act[1]), "")
-        ctx.conv, ctx.act = (stride, padding, dilation, groups), act
-        ctx.save_for_backward(x, weight, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight, y = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv
-        if y.is_contiguous(memory_format=torch.channels_last):
-            g = g.contiguous(memory_format=torch.channels_last)  # one layout for the mask's pass
-        g = _act_backward(g, y, ctx.act)
-        (gx, _, _) = torch.ops.aten.convolution_backward(g, x, weight, None, list(stride), list(padding),
-                                                         list(dilation), False, [0, 0], groups,
-                                                         [True, False, False])
-        return gx, None, None, None, None, None, None, None
-
-
-def _tag(y: torch.Tensor, act: Act) -> torch.Tensor:
-    """Mark an output as already activated: the activation module after it passes it through.
-
-    The mark holds the tensor's version counter, so an in-place change after it (`y += skip`)
-    voids it."""
-    if act != NO_ACT:
-        y._fastviz_act = (act, y._version)
-    return y
-
-
-def _activated(x: torch.Tensor, act: Act) -> bool:
-    """Whether `x` is a conv's output with `act` applied and unchanged since (see `_tag`)."""
-    return getattr(x, "_fastviz_act", None) == (act, x._version)
-
-
-class Pointwise(nn.Module):
-    """A 1x1, stride-1, ungrouped convolution as one matmul over the channels_last (NHWC) view.
-
-    On a channels_last input the (N, H, W, C) permutation is contiguous, so the forward is one
-    GEMM with no copy and the backward to the input another. PyTorch's own CPU convolution sends
-    such a conv, at one thread and batches under 16, to its im2col path, which copies and
-    zero-fills around the same GEMM (measured on Lite0, batch 8: 32 of its 49 convs).
-
-    With oneDNN the GEMM is oneDNN's, with the bias and `act` (the ReLU / ReLU6 that follows,
-    see `_fuse_activations`) applied in its epilogue instead of two more passes over the output.
-    """
-
-    def __init__(self, conv: nn.Conv2d, act: Act = NO_ACT):
-        super().__init__()
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].contiguous(), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self.act, self.onednn = act, _onednn()
-        # W.T for the backward's GEMM (oneDNN takes its weight as (out, in)); moves with .to().
-        self.register_buffer("weight_t", self.weight.detach().t().contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        x = x.permute(0, 2, 3, 1)
-        if self.onednn and x.dtype == self.weight.dtype and not _autocast():
-            y = _LinearAct.apply(x.reshape(n * h * w, self.in_channels), self.weight, self.weight_t,
-                                 self.bias, self.act)
-            y = y.view(n, h, w, self.out_channels)
-        else:
-            y = _act_forward_(nn.functional.linear(x, self.weight, self.bias), self.act)
-        return _tag(y.permute(0, 3, 1, 2), self.act)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}, act={self.act[0]}"
-
-
-class ConvAct(nn.Conv2d):
-    """A plain Conv2d (or `PadConv2d`) that applies the activation after it (`act`) itself, in
-    oneDNN's epilogue."""
-
-    act: Act = NO_ACT
-    onednn: bool = False
-    pre_pad: tuple | None = None  # from a PadConv2d
-
-    @classmethod
-    def of(cls, conv: nn.Conv2d, act: Act) -> "ConvAct":
-        new = cls.__new__(cls)
-        new.__dict__ = dict(conv.__dict__)  # the same parameters, hooks dicts and attributes
-        new.act, new.onednn = act, _onednn()
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre_pad is not None:
-            x = nn.functional.pad(x, self.pre_pad)
-        if self.onednn and self.padding_mode == "zeros" and isinstance(self.padding, tuple) \
-                and x.dtype == self.weight.dtype and not _autocast():
-            y = _ConvAct.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                               self.groups, self.act)
-        else:
-            y = _act_forward_(super().forward(x), self.act)
-        return _tag(y, self.act)
-
-
-_PASS_THROUGH: dict[type, type] = {}
-
-
-def _pass_through(m: nn.Module) -> None:
-    """Make activation module `m` return an input that its conv already activated as it is.
-
-    Its class becomes a subclass of its own, so it still counts as a ReLU / ReLU6 (guided
-    backprop's hooks) and keeps its name and attributes; an input that is not marked gets the
-    activation as before (a module called twice, once after a fused conv and once after
-    something else, stays right for both). Activations are idempotent, so a marked tensor that
-    meets a second module of the same kind is right to pass through it too.
-    """
-    cls = type(m)
-    if cls not in _PASS_THROUGH:
-        def forward(self, x):
-            return x if _activated(x, self._fastviz_act) else cls.forward(self, x)
-        _PASS_THROUGH[cls] = type(f"PassThrough{cls.__name__}", (cls,), {"forward": forward})
-    m._fastviz_act = _act_of(m)
-    m.__class__ = _PASS_THROUGH[cls]
-
-
+# -- activations fused into the conv before them (CPU) -----------------------------------------
 class _FuseTracer(torch.fx.Tracer):
     """fx tracer keeping convs, BNs, `Pointwise` and torch.nn modules as one call_module node."""
 
@@ -484,9 +294,9 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
             calls[node.target] = calls.get(node.target, 0) + 1
     fused: dict[str, tuple[Act, list, str]] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or _act_of(modules[node.target]) is None:
+        if node.op != "call_module" or activation_of(modules[node.target]) is None:
             continue
-        act = _act_of(modules[node.target])
+        act = activation_of(modules[node.target])
         src, path = node.args[0] if node.args else None, []
         while isinstance(src, torch.fx.Node) and src.op == "call_module" \
                 and type(modules[src.target]) is nn.Identity and len(src.users) == 1:
@@ -516,8 +326,8 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
         report.activation_fused.append((name, path, act_name))
     if report.activation_fused:
         for m in net.modules():
-            if _act_of(m) is not None:
-                _pass_through(m)
+            if activation_of(m) is not None:
+                pass_through(m)
 
 
 def _in_place(user: torch.fx.Node, modules: dict, act: Act) -> bool:
@@ -530,7 +340,7 @@ def _in_place(user: torch.fx.Node, modules: dict, act: Act) -> bool:
         return str(user.target).endswith("_")
     if user.op == "call_module":
         m = modules[user.target]
-        return bool(getattr(m, "inplace", False)) and _act_of(m) != act
+        return bool(getattr(m, "inplace", False)) and activation_of(m) != act
     return False
 
 
@@ -575,7 +385,7 @@ def _same_function(conv: nn.Module, new: nn.Module, act: Act) -> bool:
     x = 4 * torch.randn(2, conv.in_channels, 2 * k[0] + 3, 2 * k[1] + 3, generator=g)
     x = x.to(conv.weight).contiguous(memory_format=torch.channels_last)
     try:
-        want = _act_forward_(conv(x).clone(), act)
+        want = activate_(conv(x).clone(), act)
         got = new(x)
     except Exception:
         return False
@@ -585,21 +395,6 @@ def _same_function(conv: nn.Module, new: nn.Module, act: Act) -> bool:
 def _identity_like(m) -> bool:
     """nn.Identity, or a package's own `Identity` module (EfficientNet's static padding of 0)."""
     return m is None or isinstance(m, nn.Identity) or (type(m).__name__ == "Identity" and not list(m.parameters()))
-
-
-class PadConv2d(nn.Conv2d):
-    """A conv after an explicit zero pad `pre_pad` (left, right, top, bottom): the one-sided
-    "SAME" pads that no conv padding expresses, as a plain module the rewrites can recognise."""
-
-    pre_pad: tuple | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre_pad is not None:
-            x = nn.functional.pad(x, self.pre_pad)
-        return super().forward(x)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, pre_pad={self.pre_pad}"
 
 
 def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d | None:

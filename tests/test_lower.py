@@ -474,7 +474,7 @@ def test_an_activated_output_changed_in_place_is_not_fused(in_place):
 
 
 def test_the_mark_is_void_after_an_in_place_change():
-    from fastviz.lower import _activated, _tag
+    from fastviz.fused import _activated, _tag
 
     y = _tag(torch.rand(4), ("hardtanh", (0.0, 6.0)))
     assert _activated(y, ("hardtanh", (0.0, 6.0))) and not _activated(y, ("relu", ()))
