@@ -132,7 +132,7 @@ class Pointwise(nn.Module):
     zero-fills around the same GEMM (measured on Lite0, batch 8: 32 of its 49 convs).
 
     With oneDNN the GEMM is oneDNN's, with the bias and `act` (the ReLU / ReLU6 that follows,
-    see `_fuse_activations`) applied in its epilogue instead of two more passes over the output.
+    see `fastviz.lower._fuse_activations`) applied in its epilogue instead of two more passes.
     """
 
     def __init__(self, conv: nn.Conv2d, act: Act = NO_ACT):

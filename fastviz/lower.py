@@ -23,9 +23,9 @@ module's name, so hooks and layer names resolve as before:
 - a conv that pads with a zero-padding module first (EfficientNet's TensorFlow "SAME" ports)
   gets the padding as its own, saving a padded copy per call (a depthwise conv's one-sided pad by
   growing the kernel by a zero row and column; see `_plain_conv`);
-- on the CPU in channels_last, a 1x1 stride-1 conv becomes `Pointwise`, one matmul over the NHWC
-  view (PyTorch sends these, at one thread and small batches, to an im2col path that copies
-  around the same GEMM);
+- on the CPU in channels_last, a 1x1 stride-1 conv becomes `Pointwise`, one matmul over the
+  NHWC view (PyTorch sends these, at one thread and small batches, to an im2col path that
+  copies around the same GEMM);
 - on the CPU in channels_last, a ReLU / ReLU6 module whose input is a conv's output and nothing
   else's (through folded BNs) runs in that conv's oneDNN epilogue (`ConvAct`, `Pointwise.act`):
   the conv marks its output, and the activation module, now a pass-through subclass of its own
@@ -34,6 +34,9 @@ module's name, so hooks and layer names resolve as before:
   so that output must not change in place afterwards: a conv whose activated output fx sees
   changed in place is left alone, and one forward + backward of the copy at lowering catches
   what fx does not see (`y += 1`); if it fails, nothing is fused and the report says why.
+
+The modules the copy is rewritten into (`Pointwise`, `PadConv2d`, `ConvAct`, the pass-through
+activations) and their kernels are in `fastviz.fused`; this module decides where they go.
 
 The copy is cached on the `Model` per (device, dtype) and made again when the weights change:
 the fingerprint is each parameter and buffer's identity, shape, dtype, autograd version counter
