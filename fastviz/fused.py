@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 # (attr, scalars) in oneDNN's post-op terms: "none", "relu" or "hardtanh" [lo, hi] (ReLU6).
 Act = tuple[str, tuple[float, ...]]
@@ -76,6 +77,7 @@ class _LinearAct(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the loop needs no second derivative; asking for one is an error
     def backward(ctx, g):
         weight_t, y = ctx.saved_tensors
         if y is not None:
@@ -96,6 +98,7 @@ class _ConvAct(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, weight, y = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
