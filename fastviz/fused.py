@@ -144,8 +144,9 @@ class Pointwise(nn.Module):
         self.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].contiguous(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         self.act, self.onednn = act, _onednn()
-        # W.T for the backward's GEMM (oneDNN takes its weight as (out, in)); moves with .to().
-        self.register_buffer("weight_t", self.weight.detach().t().contiguous(), persistent=False)
+        # W.T for the oneDNN backward's GEMM (it takes its weight as (out, in)); moves with .to().
+        self.register_buffer("weight_t", self.weight.detach().t().contiguous() if self.onednn else None,
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

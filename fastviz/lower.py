@@ -129,10 +129,20 @@ class LoweredModel(Model):
 
 # -- finding conv -> BN pairs ------------------------------------------------------------------
 class _LeafTracer(torch.fx.Tracer):
-    """fx tracer that keeps every conv and BatchNorm (subclasses included) as one call_module node."""
+    """fx tracer that keeps every conv, BatchNorm (subclasses included) and `Pointwise` as one
+    call_module node."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (_ConvNd, _BatchNorm)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (_ConvNd, _BatchNorm, Pointwise)) or super().is_leaf_module(m, qualname)
+
+
+def _call_counts(graph: torch.fx.Graph) -> dict[str, int]:
+    """How many times each module runs in one forward (its call_module nodes)."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls
 
 
 @dataclass
@@ -145,10 +155,7 @@ class _Candidate:
 def _pairs_fx(net: nn.Module) -> list[_Candidate]:
     graph = _LeafTracer().trace(net)
     modules = dict(net.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _call_counts(graph)
     out = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], _BatchNorm):
@@ -272,13 +279,6 @@ def _fold(conv: _ConvNd, bn: _BatchNorm) -> None:
 
 
 # -- activations fused into the conv before them (CPU) -----------------------------------------
-class _FuseTracer(torch.fx.Tracer):
-    """fx tracer keeping convs, BNs, `Pointwise` and torch.nn modules as one call_module node."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (_ConvNd, _BatchNorm, Pointwise)) or super().is_leaf_module(m, qualname)
-
-
 def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
     """Each ReLU / ReLU6 module call whose input is a conv's output (through folded BNs, now
     Identity) and nothing else's: the conv applies it (`ConvAct`, `Pointwise.act`) and the
@@ -287,19 +287,18 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
     compute what conv + activation did on a random input.
     """
     try:
-        graph = _FuseTracer().trace(net)
-    except Exception:
+        graph = _LeafTracer().trace(net)
+    except Exception as e:
+        if any(activation_of(m) is not None for m in net.modules()):
+            report.skipped.append(("activations", f"not fused: fx cannot trace the network ({type(e).__name__})"))
         return
     modules = dict(net.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _call_counts(graph)
     fused: dict[str, tuple[Act, list, str]] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or activation_of(modules[node.target]) is None:
+        act = activation_of(modules[node.target]) if node.op == "call_module" else None
+        if act is None:
             continue
-        act = activation_of(modules[node.target])
         src, path = node.args[0] if node.args else None, []
         while isinstance(src, torch.fx.Node) and src.op == "call_module" \
                 and type(modules[src.target]) is nn.Identity and len(src.users) == 1:

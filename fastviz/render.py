@@ -36,7 +36,7 @@ PARAM_DEFAULTS = {
 # Channels and neurons (`feature`, `neuron`) with fft: a 1-pixel jitter instead of lucent's
 # transforms. Measured on channels 0-5 of Lite0's _blocks.10 at 256 steps (docs/quality.md): the
 # pictures are the same nameable textures, and the channel reaches 51.4 against 39.7 with lucent's
-# transforms and 48.8 for the seed's pixel + Yosinski.
+# transforms and 48.7 for the seed's pixel + Yosinski.
 UNIT_DEFAULTS = {"fft": dict(lr=0.05, transforms=Transforms(jitter=1))}
 
 
