@@ -1,8 +1,9 @@
 """The network alone, forward + backward to the input: the eager floor beside lowered copies.
 
 Interleaved rounds in one process, medians; the lowered copies with and without the activations
-in the convs' epilogues (`activations=` of `fastviz.lower.lowered`), so the effect of each
-rewrite is measured beside the same floor. Not a pytest benchmark: the loops' own benchmarks
+in the convs' epilogues (`activations=` of `fastviz.lower.lowered`), and the default copy with
+its backward's masks written to fresh tensors instead of in place (`grad_owned` off), so the
+effect of each rewrite is measured beside the same floor. Not a pytest benchmark: the loops' own benchmarks
 (bench/test_bench_render.py) are the targets; this says where a change in them comes from.
 
     OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TRIM_THRESHOLD_=1073741824 \\
@@ -12,6 +13,8 @@ rewrite is measured beside the same floor. Not a pytest benchmark: the loops' ow
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import statistics
 import time
 
@@ -37,11 +40,19 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     model = fv.load_model()
     x = torch.rand(a.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    default = lowered(model, x)
+    fresh_masks = copy.deepcopy(default)
+    for m in fresh_masks.module.modules():
+        if getattr(m, "grad_owned", False):
+            m.grad_owned = False
     nets = {"eager floor": model,
             "lowered, activations apart": lowered(model, x, activations=False),
-            "lowered (default)": lowered(model, x)}
+            "lowered, masks not in place": fresh_masks,
+            "lowered (default)": default}
     times: dict[str, list[float]] = {k: [] for k in nets}
-    with session(model), session(nets["lowered, activations apart"]), session(nets["lowered (default)"]):
+    with contextlib.ExitStack() as stack:
+        for net in nets.values():
+            stack.enter_context(session(net))
         for net in nets.values():
             forward_backward(net, x)
         for _ in range(a.rounds):

@@ -34,6 +34,10 @@ module's name, so hooks and layer names resolve as before:
   so that output must not change in place afterwards: a conv whose activated output fx sees
   changed in place is left alone, and one forward + backward of the copy at lowering catches
   what fx does not see (`y += 1`); if it fails, nothing is fused and the report says why.
+  Where the activated output's only consumer is a conv, the gradient reaching the fused conv's
+  backward is that conv's fresh input gradient, so the mask is applied to it in place
+  (`grad_owned`, `report.mask_in_place`); a residual add, which hands one tensor to two
+  branches, never qualifies.
 
 The modules the copy is rewritten into (`Pointwise`, `PadConv2d`, `ConvAct`, the pass-through
 activations) and their kernels are in `fastviz.fused`; this module decides where they go.
@@ -75,6 +79,7 @@ class LowerReport:
     matmul: list = field(default_factory=list)           # 1x1 convs run as one matmul over NHWC
     activation_fused: list = field(default_factory=list)  # [(conv, [Identities after it], activation)]:
                                                           # the conv now applies that activation
+    mask_in_place: list = field(default_factory=list)     # fused convs whose backward masks in place
 
     def shows_other_values(self, names) -> bool:
         """Whether a layer named in `names` shows other values than in the original: a folded
@@ -88,7 +93,7 @@ class LowerReport:
         return {"folded": len(self.folded), "skipped": [f"{n}: {r}" for n, r in self.skipped],
                 "method": self.method, "channels_last": self.channels_last,
                 "padding_folded": len(self.padding_folded), "matmul": len(self.matmul),
-                "activation_fused": len(self.activation_fused),
+                "activation_fused": len(self.activation_fused), "mask_in_place": len(self.mask_in_place),
                 "copy_mb": round(self.copy_bytes / 2**20, 1)}
 
 
@@ -314,8 +319,8 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
                 or _reads(keep, changed, node.target) \
                 or any(modules[n]._forward_hooks or modules[n]._forward_pre_hooks for n in changed):
             continue
-        fused[src.target] = (act, path, node.target)
-    for name, (act, path, act_name) in fused.items():
+        fused[src.target] = (act, path, node.target, _owned_gradient(node, modules))
+    for name, (act, path, act_name, owned) in fused.items():
         conv = modules[name]
         if isinstance(conv, Pointwise):
             new = copy.copy(conv)
@@ -324,12 +329,29 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
             new = ConvAct.of(conv, act)
         if not _same_function(conv, new, act):
             continue
+        new.grad_owned = owned
         _replace(net, conv, new)
         report.activation_fused.append((name, path, act_name))
+        if owned:
+            report.mask_in_place.append(name)
     if report.activation_fused:
         for m in net.modules():
             if activation_of(m) is not None:
                 pass_through(m)
+
+
+def _owned_gradient(act_node: torch.fx.Node, modules: dict) -> bool:
+    """Whether the gradient of `act_node`'s output is, in every backward, a tensor nothing else
+    holds: its only consumer is a conv (or `Pointwise`) without backward hooks, whose backward
+    returns a fresh input gradient. A residual add, by contrast, hands one tensor to both its
+    inputs, so masking it in place would change the other branch's gradient."""
+    if len(act_node.users) != 1:
+        return False
+    (user,) = act_node.users
+    if user.op != "call_module" or type(modules[user.target]) not in (nn.Conv2d, PadConv2d, Pointwise):
+        return False
+    m = modules[user.target]
+    return user.args[:1] == (act_node,) and not (m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
 
 
 def _in_place(user: torch.fx.Node, modules: dict, act: Act) -> bool:

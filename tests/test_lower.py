@@ -401,6 +401,46 @@ def test_shared_activation_after_a_fused_conv_and_after_an_add(snapshot):
     assert type(net.act) is nn.ReLU6 and isinstance(net.c1, nn.Conv2d)
 
 
+class _ActIntoAdd(nn.Module):
+    """conv -> ReLU6 into a residual add with a conv made before it: the add hands one gradient
+    tensor to both branches, and the fused conv's backward runs first."""
+
+    def __init__(self, into: str):
+        super().__init__()
+        self.c0, self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.act, self.into = nn.ReLU6(), into
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        with torch.no_grad():
+            self.c1.weight.mul_(20.0)
+
+    def forward(self, x):
+        z = self.c0(x)
+        y = self.act(self.c1(x))
+        return self.head(self.c2(y + z) if self.into == "add" else self.c2(y) + z)
+
+
+@pytest.mark.parametrize("into", ["add", "conv"])
+def test_the_mask_is_applied_in_place_only_to_a_gradient_nothing_else_holds(into):
+    torch.manual_seed(0)
+    m = fv.Model(_ActIntoAdd(into).eval(), input_size=16)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    lm = lowered(m, x)
+    assert [c for c, *_ in lm.report.activation_fused] == ["c1"]
+    # Into a conv, the gradient reaching c1's backward is c2's fresh input gradient: masked in
+    # place. Into the add it is the same tensor c0's backward reads later: masked into a new one.
+    assert lm.report.mask_in_place == ([] if into == "add" else ["c1"])
+    o64, g64 = logits_and_grad(float64(m), x.double())
+    ol, gl = logits_and_grad(lm, x)
+    assert rel(ol, o64) <= LOGIT_TOL and rel(gl, g64) <= 1e-5
+    if into == "add":  # the rule is what keeps it right: in place there would change c0's gradient
+        lm.module.c1.grad_owned = True
+        try:
+            _, bad = logits_and_grad(lm, x)
+        finally:
+            lm.module.c1.grad_owned = False
+        assert rel(bad, g64) > 1e-2
+
+
 def test_lite0_activations_fused_and_cached_by_what_the_caller_reads(lite0):
     x = torch.rand(1, 3, 224, 224)
     release(lite0)
@@ -410,6 +450,8 @@ def test_lite0_activations_fused_and_cached_by_what_the_caller_reads(lite0):
     assert len(fused) == 33 and fused["_blocks.1._depthwise_conv"] == ["_blocks.1._bn1"]
     assert "_blocks.1._project_conv" not in fused
     assert lm.report.summary()["activation_fused"] == 33
+    # Every fused conv but the head (into the pool) feeds one conv: its mask runs in place.
+    assert set(c for c, *_ in lm.report.activation_fused) - set(lm.report.mask_in_place) == {"_conv_head"}
     # A later call that reads a name the fusion changed gets a copy made for it, not the cached one.
     kept = lowered(lite0, x, keep=["_blocks.1._bn1"])
     assert kept is not lm and "_blocks.1._depthwise_conv" not in {c for c, *_ in kept.report.activation_fused}
