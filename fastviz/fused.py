@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as _nn_module
 
 # (attr, scalars) in oneDNN's post-op terms: "none", "relu" or "hardtanh" [lo, hi] (ReLU6).
 Act = tuple[str, tuple[float, ...]]
@@ -57,10 +58,8 @@ def _act_backward(g: torch.Tensor, y: torch.Tensor, act: Act, owned: bool = Fals
 
 def _no_global_backward_hooks() -> bool:
     """No module backward hook registered for every module (it could keep a gradient)."""
-    from torch.nn.modules import module
-
-    return not (getattr(module, "_global_backward_hooks", None)
-                or getattr(module, "_global_backward_pre_hooks", None))
+    return not (getattr(_nn_module, "_global_backward_hooks", None)
+                or getattr(_nn_module, "_global_backward_pre_hooks", None))
 
 
 def _onednn() -> bool:

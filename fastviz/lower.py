@@ -284,6 +284,9 @@ def _fold(conv: _ConvNd, bn: _BatchNorm) -> None:
 
 
 # -- activations fused into the conv before them (CPU) -----------------------------------------
+# The conv kinds that can take an activation, and whose backward returns a fresh input gradient.
+_FUSABLE_CONVS = (nn.Conv2d, PadConv2d, Pointwise)
+
 def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
     """Each ReLU / ReLU6 module call whose input is a conv's output (through folded BNs, now
     Identity) and nothing else's: the conv applies it (`ConvAct`, `Pointwise.act`) and the
@@ -299,7 +302,7 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
         return
     modules = dict(net.named_modules())
     calls = _call_counts(graph)
-    fused: dict[str, tuple[Act, list, str]] = {}
+    fused: dict[str, tuple[Act, list, str, bool]] = {}  # conv -> (act, path, act module, grad owned)
     for node in graph.nodes:
         act = activation_of(modules[node.target]) if node.op == "call_module" else None
         if act is None:
@@ -315,7 +318,7 @@ def _fuse_activations(net: nn.Module, report: LowerReport, keep: set) -> None:
         changed = [src.target, *path]
         if any(_in_place(u, modules, act) for u in node.users):
             continue  # the fused op keeps its output for the backward: it must not change after
-        if type(conv) not in (nn.Conv2d, PadConv2d, Pointwise) or calls[src.target] != 1 or src.target in fused \
+        if type(conv) not in _FUSABLE_CONVS or calls[src.target] != 1 or src.target in fused \
                 or _reads(keep, changed, node.target) \
                 or any(modules[n]._forward_hooks or modules[n]._forward_pre_hooks for n in changed):
             continue
@@ -348,7 +351,7 @@ def _owned_gradient(act_node: torch.fx.Node, modules: dict) -> bool:
     if len(act_node.users) != 1:
         return False
     (user,) = act_node.users
-    if user.op != "call_module" or type(modules[user.target]) not in (nn.Conv2d, PadConv2d, Pointwise):
+    if user.op != "call_module" or type(modules[user.target]) not in _FUSABLE_CONVS:
         return False
     m = modules[user.target]
     return user.args[:1] == (act_node,) and not (m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
@@ -504,7 +507,8 @@ def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: boo
 
     Args:
         net: the network.
-        x: (B, C, H, W) an input the network takes (only used where fx cannot trace the network).
+        x: (B, C, H, W) an input the network takes: recorded where fx cannot trace the network,
+            and run forward + backward once to check the fused activations (`_backward_fails`).
         keep: module names whose own output must stay as it is (a conv named here is not folded).
         channels_last: put 4-D weights in channels_last.
         activations: on the CPU in channels_last, let convs apply the ReLU / ReLU6 after them
