@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Keep large activation buffers mapped between steps (see DESIGN.md, measured facts).
+# Keep large activation buffers mapped between steps (docs/design.md, measured facts).
 export MALLOC_MMAP_THRESHOLD_ = 536870912
 export MALLOC_TRIM_THRESHOLD_ = 1073741824
 

@@ -14,7 +14,7 @@ Options (also environment variables, so `fastviz bench` and `make bench` can set
                              load average says another process is busy, else all cores)
 
 The setting every benchmark records: model, device, torch threads, the glibc malloc thresholds
-from the environment and whether `mallopt` raised them at run time (DESIGN: the default
+from the environment and whether `mallopt` raised them at run time (docs/design.md: the default
 malloc page-faults large activations afresh each step and can cost +50%).
 """
 
@@ -134,7 +134,7 @@ def floor(device) -> Callable:
     """floor(model, x, layer=None): forward + backward to the input, parameters frozen.
 
     Truncated at `layer` when given (the forward stops there; backward from the activation's
-    sum), as fastviz's own methods do (DESIGN rule 4).
+    sum), as fastviz's own methods do (docs/design.md, rule 4).
     """
 
     def run(model: fv.Model, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:

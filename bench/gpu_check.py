@@ -54,7 +54,7 @@ def floor_ms(model, batch: int, reps: int = 20, amp: bool = False) -> float:
 
 def loop_rate(model, batch: int, backend: str, steps: int, amp: bool = False, lower: bool = True) -> dict:
     classes = [(37 * i) % 1000 for i in range(batch)]
-    # The seed's method (pixel + Yosinski): the figures of docs/performance.md.
+    # The classic method (pixel + Yosinski): the figures of docs/performance.md.
     fv.class_model(model, classes, steps=4, backend=backend, amp=amp, lower=lower, param="pixel")  # compile kernels, cuDNN plans
     r = fv.class_model(model, classes, steps=steps, backend=backend, amp=amp, lower=lower, param="pixel")
     return {"steps_per_s": r.info["steps_per_second"], "backend": r.info["backend"],

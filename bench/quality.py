@@ -8,7 +8,7 @@ per image-step against the floor (one forward + backward to the input of the sam
 network rows, parameters frozen, measured in the same process just before). Writes
 out/quality/results.json, out/quality/<setting>.pt and the side-by-side grid docs/img/quality_grid.jpg.
 
-Settings: pixel (the seed's pixel + Yosinski), fft, maco (the default), and lucent: the peer's
+Settings: pixel (the classic pixel + Yosinski), fft, maco (the default), and lucent: the peer's
 `render_vis` with its defaults (FFT image with decorrelated colour, standard transforms, Adam
 lr 0.05, parameters left as lucent leaves them) on the same network and classes, all rows in one
 batch. Asking for lucent re-runs the script in `.venv-peers` (bench/peers.py makes it). A name
@@ -39,7 +39,7 @@ from fastviz.param import spectral_slope
 
 CLASSES = [1, 20, 130, 285, 309, 340, 417, 504, 850, 948, 967, 980]
 SETTINGS = {
-    "pixel": dict(param="pixel", reg=fv.Yosinski()),     # the seed's method
+    "pixel": dict(param="pixel", reg=fv.Yosinski()),     # the classic method
     "fft": dict(param="fft"),                            # lucent's recipe, frozen network
     "maco": dict(param="maco"),                          # the new class-model default
     "lucent": None,                                      # the peer itself (lucent_class_models)
@@ -124,7 +124,7 @@ def in_peers_venv(argv: list[str]) -> int:
 
 FEATURE_LAYER, FEATURE_CHANNELS = "_blocks.10", [0, 1, 2, 3, 4, 5]
 FEATURE_SETTINGS = {
-    "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),           # the seed's default
+    "pixel": dict(param="pixel", reg=fv.Yosinski(), steps=200),           # the classic default
     "fft": dict(param="fft", steps=256),                                  # the default: 1-px jitter
     "fft-lucent": dict(param="fft", transforms="lucent", steps=256),      # lucent's transforms
 }

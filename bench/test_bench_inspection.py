@@ -7,7 +7,7 @@ naive embedding does), `features` at the default layer (the classifier's input: 
 the final Linear, so the ratio is about 1), and `features` at `_blocks.10` (stopping early
 shows). On CUDA (when present) the whole forward is synchronised per call, as `features`
 is by its copy to the host. Each feature benchmark records its rate and its ratio to the whole forward in
-`extra_info`. glibc malloc thresholds are raised as the CLI does (DESIGN: benchmarks say which).
+`extra_info`. glibc malloc thresholds are raised as the CLI does (docs/design.md: benchmarks say which).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def test_class_model(benchmark, model, floor, setting, device, batch, variant):
 @pytest.mark.parametrize("batch", BATCHES[:1])
 def test_class_model_maco(benchmark, model, floor, setting, device, batch):
     """The default class model: phase leaf + 4 crops, so 4 network rows per image; the floor is
-    that of 4 * batch rows (issue 11's cost target: <= 1.10x)."""
+    that of 4 * batch rows (target: <= 1.10x)."""
     classes = CLASSES[:batch]
     x = fv.load_images(list(fv.sample_images().values())[:1]).repeat(4 * batch, 1, 1, 1).to(device)
     _render_bench(

@@ -85,7 +85,7 @@ __all__ = [
     "scorecam",
     "smoothgrad",
     "Yosinski",
-    # image parameterisations, transformation robustness, diversity (issue 11)
+    # image parameterisations, transformation robustness, diversity
     "diversity",
     "FFT",
     "Maco",

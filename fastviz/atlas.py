@@ -9,7 +9,7 @@ with `fastviz.render.class_model` / `fastviz.render.feature`, written as
     out/manifest.jsonl                  one JSON line per target (schema: MANIFEST_SCHEMA)
     out/index.html                      a static gallery (no server, no network)
 
-Resumable (DESIGN rule 11): each PNG is written to a temporary name and renamed, then its
+Resumable (docs/design.md, rule 11): each PNG is written to a temporary name and renamed, then its
 manifest line is appended to the rank's part file (`manifest.rank<r>.jsonl`); a rerun reads the
 manifest and the part files and skips the targets that are done. At the end rank 0 merges the
 parts into `manifest.jsonl` (temporary name + rename) and writes `index.html`.

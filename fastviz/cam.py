@@ -3,7 +3,7 @@
 Each map is built from one feature map `A` (B, K, h, w) of a named layer. The layer's output is
 captured in the forward as a fresh leaf tensor, so the gradient `d score / d A` is one
 `torch.autograd.grad` through the layers *after* it: nothing before the layer records a graph,
-parameters are frozen (DESIGN rule 2) and no `.backward()` touches them. Maps are upsampled to the
+parameters are frozen (docs/design.md, rule 2) and no `.backward()` touches them. Maps are upsampled to the
 image size on the device (bilinear, align_corners=False) and, by default, normalised per image to
 [0, 1] by (m - min) / (max - min) (a constant map becomes zeros).
 

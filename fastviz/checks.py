@@ -1,4 +1,4 @@
-"""The validation layer at the public boundary (DESIGN rule 9).
+"""The validation layer at the public boundary (docs/design.md, rule 9).
 
 Every public function checks its arguments here, before anything is allocated, moved or hooked,
 so a bad or absurd input fails in milliseconds with a `FastvizError` that names the argument,

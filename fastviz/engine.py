@@ -231,7 +231,7 @@ class Loop:
 
 
 class GraphLoop:
-    """A CUDA graph of `period` consecutive steps of a Loop, replayed (DESIGN rule 7)."""
+    """A CUDA graph of `period` consecutive steps of a Loop, replayed (docs/design.md, rule 7)."""
 
     def __init__(self, loop: Loop, period: int, warmup: int = 2):
         self.loop, self.period = loop, period

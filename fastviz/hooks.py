@@ -1,4 +1,4 @@
-"""The restoring context (DESIGN rule 1), truncated forward and activation capture.
+"""The restoring context (docs/design.md, rule 1), truncated forward and activation capture.
 
 Everything fastviz does to a user's network happens inside `session(model)`: eval mode,
 frozen parameters, forward hooks, `inplace` switched off. Its `finally` puts every flag back

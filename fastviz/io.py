@@ -59,7 +59,7 @@ def output_path(path, name: str = "path") -> Path:
 
 @contextmanager
 def atomic_write(path: Path, *, fsync: bool = False) -> Iterator[Path]:
-    """Yield a temporary name beside `path`; on a clean exit rename it onto `path` (DESIGN rule 11).
+    """Yield a temporary name beside `path`; on a clean exit rename it onto `path` (docs/design.md, rule 11).
 
     A reader sees the old file or the whole new one, never a part; a killed or failed write leaves
     at most `.<name>.<pid>.tmp` (which the atlas sweeps away on resume), never a truncated `path`.

@@ -5,7 +5,7 @@ returns a `LoweredModel`: a deep copy of the user's network, in eval mode with p
 where every BatchNorm that directly follows a convolution is folded into that convolution's
 weight and bias (the BN module is replaced by `nn.Identity`, so its name still resolves and a
 hook on it sees what the BN would have output), with 4-D weights and the input in channels_last.
-The user's network is only read (DESIGN rule 1): it is copied, never hooked or changed.
+The user's network is only read (docs/design.md, rule 1): it is copied, never hooked or changed.
 
 Conv -> BN pairs come from the forward that actually runs: `torch.fx` (convolutions and
 BatchNorms kept as leaves) where the network traces, else one recorded forward with hooks on

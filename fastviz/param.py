@@ -4,7 +4,7 @@ Each is a tiny object that owns its leaf tensor and maps it to a (B, 3, H, W) im
 (lucent's param/spatial.py and color.py; MACO, Fel et al. NeurIPS 2023). The engine only calls
 `image()`, `update(...)`, `reset()` and reads `leaf`; it never asks which one it holds.
 
-- `Pixel`: the image itself, centred on the network's mean colour (the seed's method). Its update
+- `Pixel`: the image itself, centred on the network's mean colour (the classic method). Its update
   is the Yosinski regularizer step (update, decay, blur, clips, clamp to [0, 1]).
 - `FFT`: Lucid's spectrum parameterisation: the real and imaginary parts of the 2-D spectrum,
   scaled by 1 / f^decay so every frequency has equal energy, an inverse FFT, ImageNet colour
@@ -97,7 +97,7 @@ class Pixel(Param):
         mean: (1, C, 1, 1) the network's mean colour (the model's `mean_tensor`).
 
     The update is the Yosinski step (`fastviz.regularizers.regularize`), which ends with a clamp
-    of mean + x to [0, 1]; `image()` is not clamped, as in the seed's loop.
+    of mean + x to [0, 1]; `image()` is not clamped, as in the classic loop.
     """
 
     name = "pixel"

@@ -26,7 +26,7 @@ from .transforms import Transforms, as_transforms
 DEFAULT_SIZE = 224
 
 # What each parameterisation runs with unless told otherwise (docs/quality.md has the measurements).
-# pixel: the seed's method (Yosinski regularizer, no transforms); fft: lucent's defaults (Adam
+# pixel: the classic method (Yosinski regularizer, no transforms); fft: lucent's defaults (Adam
 # 0.05, pad / jitter / scale / rotate); maco: 4 crops of 50-100% of the side + noise, Adam 0.2.
 PARAM_DEFAULTS = {
     "pixel": dict(lr=0.05, transforms=None),
@@ -36,7 +36,7 @@ PARAM_DEFAULTS = {
 # Channels and neurons (`feature`, `neuron`) with fft: a 1-pixel jitter instead of lucent's
 # transforms. Measured on channels 0-5 of Lite0's _blocks.10 at 256 steps (docs/quality.md): the
 # pictures are the same nameable textures, and the channel reaches 51.4 against 39.7 with lucent's
-# transforms and 48.7 for the seed's pixel + Yosinski.
+# transforms and 48.7 for the classic pixel + Yosinski.
 UNIT_DEFAULTS = {"fft": dict(lr=0.05, transforms=Transforms(jitter=1))}
 
 
@@ -168,7 +168,7 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: 
 
     The default is MACO (Fel et al. 2023): a fixed natural-photo magnitude spectrum, only the
     phase optimised, 4 random crops of 50-100% of the side per image and step (4 network rows
-    per image); pictures another network recognises (docs/quality.md). The seed's method,
+    per image); pictures another network recognises (docs/quality.md). The classic method,
     pixels with the Yosinski et al. 2015 regularizers, is `param="pixel"`.
 
     Args:
@@ -197,7 +197,7 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: 
         >>> r = class_model(load_model(), [1, 130, 285, 980])
         >>> r.images.shape
         torch.Size([4, 3, 224, 224])
-        >>> r = class_model(load_model(), [130], param="pixel", reg=Yosinski())  # the seed's
+        >>> r = class_model(load_model(), [130], param="pixel", reg=Yosinski())  # classic
     """
     m = as_model(model)
     idx = as_index_list(classes, "classes", m.num_classes)

@@ -1,4 +1,4 @@
-"""The validation layer (fastviz/checks.py) and the root causes of issue 15, one case each.
+"""The validation layer (fastviz/checks.py) and the root causes of the foreign errors a fuzz run found, one case each.
 
 Each bad call must raise FastvizError naming the argument, quickly, and leave the model as it
 was; each reasonable input (numpy / 0-d tensor indices, int32 index tensors, uint8 / float16 /

@@ -121,7 +121,7 @@ BAD_CALLS += [
     ("randomization_check target", lambda m: fv.randomization_check(m, X, "saliency", target=10)),
 ]
 
-# Parameterisations, transforms and diversity (issue 11).
+# Parameterisations, transforms and diversity.
 CALLS += [
     ("class_model pixel", lambda m: fv.class_model(m, [1, 2], steps=2, param="pixel")),
     ("class_model fft diversity", lambda m: fv.class_model(m, [1, 1], steps=2, param="fft", diversity=1.0,
@@ -165,7 +165,7 @@ def test_session_restores_on_an_exception_inside(model, snapshot):
 
 
 def test_no_state_and_no_gpu_only_import_at_import_time():
-    """DESIGN rule 10 and the CPU path: importing fastviz chooses no device and imports no Triton
+    """docs/design.md, rule 10 and the CPU path: importing fastviz chooses no device and imports no Triton
     kernel (Triton decides interpreter mode when a kernel is defined)."""
     import subprocess
     import sys

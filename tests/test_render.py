@@ -1,6 +1,6 @@
 """Synthesis on the real pretrained model: class models, features, neurons, DeepDream, inversion.
 
-The seed's method (pixels + the Yosinski regularizer) is `param="pixel"`; the tests that encode
+The classic method (pixels + the Yosinski regularizer) is `param="pixel"`; the tests that encode
 its behaviour name it. The new defaults (MACO for class models, FFT for features and neurons)
 are tested at the end, and judged by EfficientNet-Lite1, a network they were not rendered on.
 """
@@ -62,7 +62,7 @@ def test_feature_raises_its_channel_far_above_photos(lite0, photos):
 
 def test_feature_stops_the_forward_at_its_layer(lite0):
     # The first use of a layer runs one full no-grad forward to check the module runs once
-    # (DESIGN rule 8; cached per model and layer). After that, nothing past the layer runs.
+    # (docs/design.md, rule 8; cached per model and layer). After that, nothing past the layer runs.
     fv.feature(lite0, "_blocks.10", [5], steps=1)
     ran = []
     handle = lite0.layer("_blocks.11").register_forward_hook(lambda *a: ran.append(1))
@@ -128,7 +128,7 @@ def test_deterministic_for_a_seed(lite0):
 
 def test_rows_are_independent_of_the_batch(lite0):
     """A batch of 3 renders what batches of 2 + 1 render, up to what batch-size-dependent kernels
-    change (DESIGN rule 12).
+    change (docs/design.md, rule 12).
 
     What is guaranteed is row independence of the *gradient*, not last-bit equality: oneDNN picks
     its convolution kernels by batch size, ISA (AVX2 vs AVX-512) and thread count, so the two

@@ -49,7 +49,7 @@ def _run(title: str, fn):
 
 
 def synthesis(model, photos: dict, out) -> None:
-    # The default (MACO, 4 crops) in the top row, the seed's pixel + Yosinski below it.
+    # The default (MACO, 4 crops) in the top row, the classic pixel + Yosinski below it.
     r = _run("class models", lambda bar: render.class_model(model, DEMO_CLASSES, steps=256, progress=bar))
     seed = _run("class models, pixel + Yosinski", lambda bar: render.class_model(
         model, DEMO_CLASSES, steps=200, param="pixel", progress=bar))

@@ -49,7 +49,7 @@ def _sync(device) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    """Whole or not at all (DESIGN rule 11): a temporary name, then rename."""
+    """Whole or not at all (docs/design.md, rule 11): a temporary name, then rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)

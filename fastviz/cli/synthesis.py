@@ -29,7 +29,7 @@ def _add_reg_args(p, default_param: str | None) -> None:
     target kind keeps its own default (class models maco, channels fft)."""
     shown = default_param or "class: maco, channel: fft"
     p.add_argument("--param", choices=PARAMS, default=default_param,
-                   help=f"image parameterisation (default {shown}; pixel = the seed's method "
+                   help=f"image parameterisation (default {shown}; pixel = the classic method "
                         "with the Yosinski regularizer)")
     p.add_argument("--transforms", choices=("auto", "none", "lucent", "maco"), default="auto",
                    help="random views per step: auto = the param's default (maco: 4 crops of 50-100%%, "
