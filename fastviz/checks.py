@@ -161,6 +161,15 @@ def callable_or_none(value, name: str):
     return value
 
 
+def progress(value, name: str = "progress"):
+    """The progress protocol (`fastviz.progress`): None, False, True (a tqdm bar) or a callable
+    `progress(done, total)`."""
+    if value is None or isinstance(value, bool) or callable(value):
+        return value
+    raise FastvizError(f"{name}: expected None, True / False (a progress bar) or a callable "
+                       f"progress(done, total), got {type(value).__name__}")
+
+
 def floats(values, name: str, length: int | None = None, positive: bool = False) -> tuple[float, ...]:
     """A sequence of finite numbers (mean, std), of `length` when given."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
