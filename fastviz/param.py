@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import FastvizError
-from .regularizers import NONE, Yosinski, regularize
+from .regularizers import Yosinski, regularize
 
 PARAMS = ("pixel", "fft", "maco")
 
@@ -68,7 +68,6 @@ class Param:
     name = "param"
     leaf: Tensor
     start: Tensor
-    regularizable = False  # whether the Yosinski step applies (pixel only)
 
     def image(self) -> Tensor:
         raise NotImplementedError
@@ -101,7 +100,6 @@ class Pixel(Param):
     """
 
     name = "pixel"
-    regularizable = True
 
     def __init__(self, x0: Tensor, mean: Tensor):
         self.start = x0
@@ -225,31 +223,48 @@ class Maco(_Spectrum):
         return self._to_image((t - mu) / (sd + 1e-5))
 
 
-def make_param(kind: str, rows: int, size, *, device=None, seed: int = 0, first_row: int = 0) -> Param:
-    """A fresh `FFT` or `Maco` of `rows` rows; row r's start comes from a generator seeded by
-    (seed, first_row + r), so it does not depend on the batch it is rendered in.
+def row_generators(seed: int, rows: range) -> list[torch.Generator]:
+    """One CPU generator per row, seeded by (seed, row), so row r starts the same whatever batch
+    it is rendered in."""
+    return [torch.Generator(device="cpu").manual_seed((seed * 1_000_003 + r) % 2 ** 63) for r in rows]
+
+
+def make_param(kind: str, rows: int, size, *, device=None, seed: int = 0, first_row: int = 0,
+               mean: Tensor | None = None, init: str = "zero", start: Tensor | None = None) -> Param:
+    """The one place a parameterisation is built: `rows` rows of `kind`, the leaf on `device`.
+
+    Row r's random start comes from a generator seeded by (seed, first_row + r), so it does not
+    depend on the batch it is rendered in. Arguments are checked by the caller (the public
+    synthesis calls check them once).
 
     Args:
-        kind: "fft" or "maco" (a "pixel" start is an image: see `Pixel`).
+        kind: "pixel", "fft" or "maco".
         rows: B.
         size: (H, W).
+        mean: pixel only: (1, C, 1, 1) the network's mean colour (`Model.mean_tensor`); the
+            channels of a pixel image are mean's.
+        init: pixel only: "zero" (the mean colour) or "noise" (std 0.01 around it).
+        start: pixel only: (rows, C, H, W) images in [0, 1] to start from instead of `init`.
 
     Returns:
-        the parameterisation, its leaf on `device`.
+        the parameterisation.
     """
-    if kind not in ("fft", "maco"):
+    if kind not in PARAMS:  # a programming error: the public calls check `param` first
         raise FastvizError(f"param: expected one of {PARAMS}, got {kind!r}")
     h, w = size
-    gens = [torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + first_row + r) for r in range(rows)]
+    gens = row_generators(seed, range(first_row, first_row + rows))
+    if kind == "pixel":
+        mean = torch.zeros(1, 3, 1, 1, device=device) if mean is None else mean.to(device, torch.float32)
+        c = mean.shape[1]
+        if start is not None:
+            x0 = start.to(device, torch.float32) - mean
+        elif init == "noise":
+            x0 = torch.stack([0.01 * torch.randn(c, h, w, generator=g) for g in gens]).to(device)
+        else:
+            x0 = torch.zeros(rows, c, h, w, device=device)
+        return Pixel(x0, mean)
     cls = FFT if kind == "fft" else Maco
     return cls(cls.random(rows, (h, w), gens, device), (h, w))
-
-
-def check_reg(param: Param, reg: Yosinski) -> None:
-    """The Yosinski step works on pixels; with another parameterisation it must be NONE."""
-    if reg != NONE and not param.regularizable:
-        raise FastvizError(f"reg: the Yosinski regularizer applies to param='pixel' only, "
-                           f"got {reg!r} with param={param.name!r} (use reg=None)")
 
 
 def spectral_slope(images: Tensor, fmin: float = 1 / 64, fmax: float = 1 / 4) -> Tensor:

@@ -6,7 +6,8 @@ Every function renders one row per target in batches of `batch_size` rows on the
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,9 @@ from .hooks import on_device, session  # on_device: kept importable from here
 from .models import Model, as_model
 from .objectives import ClassScore, Channel, Diversity, Dream, Inversion, NeuronScore, Objective
 from .param import PARAMS, make_param
+from .progress import reporter
 from .regularizers import NONE, Yosinski
+from .settings import Settings, loop_settings
 from .targets import Neuron, as_index_list, positive_int
 from .transforms import Transforms, as_transforms
 
@@ -45,8 +48,7 @@ def _method(param: str, reg, lr, transforms, unit: bool = False) -> dict:
 
     unit: the defaults of channel and neuron objectives (`UNIT_DEFAULTS`) where they differ.
     """
-    if param not in PARAMS:
-        raise FastvizError(f"param: expected one of {PARAMS}, got {param!r}")
+    checks.choice(param, "param", PARAMS)
     d = UNIT_DEFAULTS.get(param, PARAM_DEFAULTS[param]) if unit else PARAM_DEFAULTS[param]
     if reg is None:
         reg = Yosinski() if param == "pixel" else NONE
@@ -74,25 +76,91 @@ def _size(model: Model, size) -> tuple[int, int]:
     return checks.size2(size, "size", low=8)
 
 
-def _start(model: Model, rows: range, size, init: str, seed: int, device) -> torch.Tensor:
-    """(len(rows), C, H, W) centred start image: "zero" (the mean colour) or small "noise".
+@dataclass(frozen=True)
+class _Job:
+    """A checked synthesis request: what `_execute` runs, in batches of `batch_size` rows."""
 
-    Row r's noise comes from its own generator seeded by (seed, r), so a row starts the same
-    whatever batch it is rendered in.
+    rows: int
+    settings: Settings
+    param: str
+    size: tuple[int, int]
+    batch_size: int
+    device: object = None
+    init: str = "zero"
+    start: torch.Tensor | None = None
+
+
+def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="zero", start=None,
+         param="pixel", **loop) -> _Job:
+    """Check a synthesis request once, at the public boundary, before anything is allocated.
+
+    Raises:
+        FastvizError: any argument out of range; the message names it.
     """
-    h, w = _size(model, size)
-    c = model.channels or 3
-    if init == "zero":
-        return torch.zeros(len(rows), c, h, w, device=device)
-    if init == "noise":
-        gens = [torch.Generator(device="cpu").manual_seed((seed * 1_000_003 + r) % 2 ** 63) for r in rows]
-        return torch.stack([0.01 * torch.randn(c, h, w, generator=g) for g in gens]).to(device)
-    raise FastvizError(f"init: expected 'zero' or 'noise', got {init!r}")
+    rows = checks.positive_int(rows, "rows", 10 ** 7)
+    batch_name = "rows (batch_size None: all at once)" if batch_size is None else "batch_size"
+    batch_size = positive_int(rows if batch_size is None else batch_size, "batch_size")
+    checks.device(device)
+    checks.choice(init, "init", ("zero", "noise"))
+    c, (h, w) = m.channels or 3, _size(m, size)
+    if start is not None:
+        if param != "pixel":
+            raise FastvizError(f"start: a start image needs param='pixel', got param={param!r}")
+        start = checks.images(start, c, "start", check_range=True)
+        if start.shape[0] != rows:
+            raise FastvizError(f"start: expected {rows} images, got {start.shape[0]}")
+        h, w = start.shape[-2:]
+    batch = min(batch_size, rows)
+    if batch * c * h * w > checks.MAX_ELEMENTS:
+        raise FastvizError(f"{batch_name}: {batch} images of {c}x{h}x{w} are more than "
+                           f"a batch holds (2**31 values); lower batch_size or size")
+    settings = loop_settings(batch, steps, param=param, seed=checks.seed(seed), **loop)
+    return _Job(rows, settings, param, (h, w), batch_size, device, init, start)
 
 
-def render_objective(model, objective: Objective, rows: int, *, steps: int = 200, seed: int = 0,
-           batch_size: int | None = None, device=None, progress=None, size=None, init: str = "zero",
-           start: torch.Tensor | None = None, param: str = "pixel", **loop) -> Render:
+def _execute(m: Model, objective: Objective, job: _Job, report: Callable[[int], None] | None = None
+             ) -> Render:
+    """Run a checked job: rows in batches on the engine, the parts joined into one Render.
+
+    report: called as report(steps done over all batches) at the engine's read-back points.
+    """
+    s, n = job.settings, job.rows
+    chunks = [(i, min(i + job.batch_size, n)) for i in range(0, n, job.batch_size)]
+    parts: list[Render] = []
+    with on_device(m, job.device) as dev:
+        for k, (a, b) in enumerate(chunks):
+            start = None if job.start is None else job.start[a:b]
+            mean = m.mean_tensor(torch.zeros(1, m.channels or 3, 1, 1, device=dev))
+            param = make_param(job.param, b - a, job.size, device=dev, seed=s.seed, first_row=a,
+                               mean=mean, init=job.init, start=start)
+            part_report = None if report is None else (lambda done, _t, k=k: report(k * s.steps + done))
+            obj = objective.select(slice(a, b)) if objective.rows is not None else objective
+            parts.append(engine.run(m, obj, param, s.replace(seed=s.seed + a), progress=part_report))
+    if len(parts) == 1:
+        return parts[0]
+    snaps = [(t, torch.cat([p.snapshots[i][1] for p in parts])) for i, (t, _) in enumerate(parts[0].snapshots)]
+    info = dict(parts[0].info, seconds=sum(p.info["seconds"] for p in parts), chunks=len(parts))
+    return Render(torch.cat([p.images for p in parts]), torch.cat([p.history for p in parts], 1), snaps,
+                  objective.description, info)
+
+
+def _run(m: Model, objective: Objective, job: _Job, progress, desc: str) -> Render:
+    """`_execute` with the progress protocol of `fastviz.progress` (None, True, a callable)."""
+    total = -(-job.rows // job.batch_size) * job.settings.steps
+    with reporter(progress, total, unit="step", desc=desc) as rep:
+        return _execute(m, objective, job, rep.update if progress else None)
+
+
+def _synthesise(m: Model, objective: Objective, rows: int, progress, desc: str, **request) -> Render:
+    """Check a request once (`_job`) and run it: the path of every public synthesis call."""
+    checks.progress(progress)
+    return _run(m, objective, _job(m, rows, **request), progress, desc)
+
+
+def render_objective(model, objective: Objective, rows: int, *, steps: int = 256, seed: int = 0,
+                     batch_size: int | None = None, device=None, progress=None, size=None,
+                     init: str = "zero", start: torch.Tensor | None = None, param: str = "pixel",
+                     **loop) -> Render:
     """Render `rows` rows of `objective` in batches; the general form behind every synthesis call.
 
     Args:
@@ -105,58 +173,26 @@ def render_objective(model, objective: Objective, rows: int, *, steps: int = 200
         start: (rows, C, H, W) images in [0, 1] to start from instead of `init` (pixel only).
         param: "pixel" (start from `init` / `start`), "fft" or "maco" (random spectrum / phase;
             row r's start depends on (seed, r) only).
-        **loop: passed to `fastviz.engine.run` (reg, optimizer, lr, l2, jitter, transforms,
-            backend, impl, amp, snapshot_every, progress_every).
+        **loop: the loop's settings (`fastviz.settings.Settings`: reg, optimizer, lr, l2, jitter,
+            transforms, backend, impl, amp, lower, snapshot_every, progress_every), with the
+            loop's own defaults (no regularizer, no transforms, lr 0.05).
+
+    Returns:
+        Render: images (rows, 3, H, W) in [0, 1], history (steps, rows).
+
+    Raises:
+        FastvizError: a bad argument (named), before anything is allocated.
     """
     m = as_model(model)
     if not isinstance(objective, Objective):
         raise FastvizError(f"objective: expected a fastviz objective (fastviz.objectives), got "
                            f"{type(objective).__name__}")
-    rows = checks.positive_int(rows, "rows", 10 ** 7)
     if objective.rows is not None and objective.rows != rows:
         raise FastvizError(f"rows: the objective has {objective.rows} targets, got rows={rows}")
-    batch_name = "rows (batch_size None: all at once)" if batch_size is None else "batch_size"
-    batch_size = positive_int(rows if batch_size is None else batch_size, "batch_size")
-    seed = checks.seed(seed)
-    checks.device(device)
-    checks.choice(init, "init", ("zero", "noise"))
-    c = m.channels or 3
-    h, w = _size(m, size)
-    if start is not None:
-        start = checks.images(start, c, "start", check_range=True)
-        if start.shape[0] != rows:
-            raise FastvizError(f"start: expected {rows} images, got {start.shape[0]}")
-        h, w = start.shape[-2:]
-    if min(batch_size, rows) * c * h * w > checks.MAX_ELEMENTS:
-        raise FastvizError(f"{batch_name}: {min(batch_size, rows)} images of {c}x{h}x{w} are more than "
-                           f"a batch holds (2**31 values); lower batch_size or size")
-    if param not in PARAMS:
-        raise FastvizError(f"param: expected one of {PARAMS}, got {param!r}")
-    if start is not None and param != "pixel":
-        raise FastvizError(f"start: a start image needs param='pixel', got param={param!r}")
-    engine.check_loop(min(batch_size, rows), steps, seed=seed, progress=progress, **loop)
-    chunks = [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
-    parts: list[Render] = []
-    with on_device(m, device) as dev:
-        for k, (a, b) in enumerate(chunks):
-            if param != "pixel":
-                x0 = make_param(param, b - a, (h, w), device=dev, seed=seed, first_row=a)
-            elif start is not None:
-                x0 = start[a:b].to(dev, torch.float32)
-                x0 = x0 - m.mean_tensor(x0)
-            else:
-                x0 = _start(m, range(a, b), size, init, seed, dev)
-            report = None
-            if progress is not None:
-                report = lambda done, total, k=k: progress(k * steps + done, len(chunks) * steps)
-            obj = objective.select(slice(a, b)) if objective.rows is not None else objective
-            parts.append(engine.run(m, obj, x0, steps, seed=seed + a, progress=report, **loop))
-    if len(parts) == 1:
-        return parts[0]
-    snaps = [(s, torch.cat([p.snapshots[i][1] for p in parts])) for i, (s, _) in enumerate(parts[0].snapshots)]
-    info = dict(parts[0].info, seconds=sum(p.info["seconds"] for p in parts), chunks=len(parts))
-    return Render(torch.cat([p.images for p in parts]), torch.cat([p.history for p in parts], 1), snaps,
-                  objective.description, info)
+    checks.choice(param, "param", PARAMS)
+    return _synthesise(m, objective, rows, progress, "render", steps=steps, seed=seed,
+                       batch_size=batch_size, device=device, size=size, init=init, start=start,
+                       param=param, **loop)
 
 
 def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: int = 0,
@@ -179,7 +215,7 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: 
             depend on batch_size; the random transforms do (one generator per batch).
         batch_size: rows rendered at once (default: all); 1000 classes at 250 = 4 batches.
         device: where to render (default: where the model is; the model is moved back after).
-        progress: called as progress(steps_done, total_steps).
+        progress: None, True (a progress bar) or progress(steps_done, total_steps).
         param: "maco" (default), "fft" (Lucid: 1/f spectrum + decorrelated colour) or "pixel".
         transforms: "auto" (the param's default: maco 4 crops, fft lucent's pad / jitter / scale /
             rotate, pixel none), a `fastviz.Transforms`, "lucent", "maco" or None.
@@ -188,7 +224,8 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: 
         optimizer, l2: "adam" | "sgd", Simonyan's lambda on the leaf.
         diversity: weight of the diversity term (rows of one class pushed apart, Olah 2017).
         diversity_layer: its layer (default: the middle `_blocks.N` of an EfficientNet).
-        **loop: jitter, backend ("auto" | "eager" | "graph"), impl, amp, snapshot_every, size, init.
+        **loop: size, init, and the loop's settings (`fastviz.settings.Settings`): jitter,
+            backend ("auto" | "eager" | "graph"), impl, amp, lower, snapshot_every, progress_every.
 
     Returns:
         Render: images (N, 3, H, W) in [0, 1], history (steps, N) of class scores.
@@ -202,9 +239,9 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: 
     m = as_model(model)
     idx = as_index_list(classes, "classes", m.num_classes)
     obj = _diversity(m, ClassScore(idx), idx, diversity, diversity_layer)
-    return render_objective(m, obj, len(idx), steps=steps, seed=seed, batch_size=batch_size,
-                  device=device, progress=progress, optimizer=optimizer, l2=l2,
-                  **_method(param, reg, lr, transforms), **loop)
+    return _synthesise(m, obj, len(idx), progress, "class_model", steps=steps, seed=seed,
+                       batch_size=batch_size, device=device, optimizer=optimizer, l2=l2,
+                       **_method(param, reg, lr, transforms), **loop)
 
 
 def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 256, seed: int = 0,
@@ -225,9 +262,9 @@ def feature(model, layer: str, channels: int | Sequence[int], *, steps: int = 25
     m.layer(layer)
     idx = as_index_list(channels, "channels")
     obj = _diversity(m, Channel(layer, idx), idx, diversity, diversity_layer or layer)
-    return render_objective(m, obj, len(idx), steps=steps, seed=seed, batch_size=batch_size,
-                  device=device, progress=progress, init=init, **_method(param, reg, lr, transforms, unit=True),
-                  **loop)
+    return _synthesise(m, obj, len(idx), progress, "feature", steps=steps, seed=seed,
+                       batch_size=batch_size, device=device, init=init,
+                       **_method(param, reg, lr, transforms, unit=True), **loop)
 
 
 def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 256, seed: int = 0,
@@ -254,8 +291,9 @@ def neuron(model, neurons: Neuron | Sequence[Neuron], *, steps: int = 256, seed:
     ys = [h // 2 if u.y is None else u.y for u in units]
     xs = [w // 2 if u.x is None else u.x for u in units]
     obj = NeuronScore(layer, [u.channel for u in units], ys, xs)
-    return render_objective(m, obj, len(units), steps=steps, seed=seed, batch_size=batch_size, device=device,
-                  progress=progress, init=init, **_method(param, reg, lr, transforms, unit=True), **loop)
+    return _synthesise(m, obj, len(units), progress, "neuron", steps=steps, seed=seed,
+                       batch_size=batch_size, device=device, init=init,
+                       **_method(param, reg, lr, transforms, unit=True), **loop)
 
 
 def layer_shape(m: Model, layer: str, size=None, name: str = "layer") -> tuple[int, int, int]:
@@ -301,30 +339,28 @@ def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float
         raise FastvizError(f"octaves: expected at most 32, got {octaves}")
     octave_scale = checks.number(octave_scale, "octave_scale", 1, 100, low_open=True)
     steps_per_octave = checks.positive_int(steps_per_octave, "steps_per_octave", 10 ** 8)
-    seed = checks.seed(seed)
-    checks.device(device)
-    engine.check_loop(x.shape[0], steps_per_octave, lr=lr, jitter=jitter, optimizer=optimizer,
-                      progress=progress, reg=NONE if reg is None else reg, **loop)
+    checks.progress(progress)
+    # Checked once for all octaves; each octave is this job at its size, from its start images.
+    job = _job(m, x.shape[0], steps=steps_per_octave, seed=seed, batch_size=None, device=device,
+               size=tuple(x.shape[-2:]), reg=NONE if reg is None else reg, lr=lr, jitter=jitter,
+               optimizer=optimizer, **loop)
     base = x
     h, w = base.shape[-2:]
     sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
              for k in reversed(range(octaves))]
     detail = torch.zeros_like(base[:, :, :sizes[0][0], :sizes[0][1]])
-    histories, total = [], octaves * steps_per_octave
+    histories, s = [], job.settings
     r = None
-    for k, size in enumerate(sizes):
-        photo_k = F.interpolate(base, size=size, mode="bilinear", align_corners=False, antialias=True)
-        detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
-        start = (photo_k + detail).clamp(0, 1)
-        report = None
-        if progress is not None:
-            report = lambda done, _t, k=k: progress(k * steps_per_octave + done, total)
-        r = render_objective(m, Dream(layer), base.shape[0], steps=steps_per_octave, seed=seed + k, device=device,
-                   progress=report, start=start, reg=NONE if reg is None else reg, lr=lr, jitter=jitter,
-                   optimizer=optimizer,
-                   step_offset=k * steps_per_octave, **loop)
-        detail = r.images.to(base.device) - photo_k
-        histories.append(r.history)
+    with reporter(progress, octaves * s.steps, unit="step", desc="deepdream") as rep:
+        for k, size in enumerate(sizes):
+            photo_k = F.interpolate(base, size=size, mode="bilinear", align_corners=False, antialias=True)
+            detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+            octave = replace(job, size=size, start=(photo_k + detail).clamp(0, 1),
+                             settings=s.replace(seed=s.seed + k, step_offset=k * s.steps))
+            r = _execute(m, Dream(layer), octave, (lambda done, k=k: rep.update(k * s.steps + done))
+                         if progress else None)
+            detail = r.images.to(base.device) - photo_k
+            histories.append(r.history)
     return Render(r.images, torch.cat(histories), r.snapshots, f"deepdream({layer!r})", r.info)
 
 
@@ -351,11 +387,10 @@ def invert(model, photo, layer: str, *, steps: int = 300, seed: int = 0, device=
     alpha_weight = checks.number(alpha_weight, "alpha_weight", 0, 1e6)
     beta = checks.number(beta, "beta", 1, 100)
     tv_weight = checks.number(tv_weight, "tv_weight", 0, 1e6)
-    checks.device(device)
-    engine.check_loop(x.shape[0], steps, seed=seed, lr=lr, progress=progress,
-                      reg=NONE if reg is None else reg, **loop)
+    checks.progress(progress)
+    job = _job(m, x.shape[0], steps=steps, seed=seed, batch_size=None, device=device,
+               size=tuple(x.shape[-2:]), init="noise", reg=NONE if reg is None else reg, lr=lr, **loop)
     with session(m) as s, torch.no_grad():
         acts, _ = s.forward(x, [layer])
     obj = Inversion(layer, acts[layer].float(), alpha, alpha_weight, beta, tv_weight)
-    return render_objective(m, obj, x.shape[0], steps=steps, seed=seed, device=device, progress=progress,
-                  size=tuple(x.shape[-2:]), init="noise", reg=NONE if reg is None else reg, lr=lr, **loop)
+    return _run(m, obj, job, progress, "invert")

@@ -166,6 +166,58 @@ class Transforms:
                 and self.crops == 1 and self.crop == (1.0, 1.0) and self.noise == 0)
 
 
+def roll_rows(img: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
+    """Roll each row by its own integer (dy, dx) pixels (wrapping around, as DeepDream's np.roll).
+
+    dy, dx: (B,) int64 on the device. Two gathers with broadcast (never materialised) indices:
+    no host sync, fixed shapes, so a CUDA graph can capture it.
+    """
+    b, c, h, w = img.shape
+    iy = (torch.arange(h, device=img.device)[None] - dy[:, None]).remainder_(h)
+    ix = (torch.arange(w, device=img.device)[None] - dx[:, None]).remainder_(w)
+    img = img.gather(2, iy[:, None, :, None].expand(b, c, h, w))
+    return img.gather(3, ix[:, None, None, :].expand(b, c, h, w))
+
+
+class Views:
+    """What the network sees of each image in one step: a random integer roll (`jitter`), then
+    `transforms` (k views per image, k consecutive network rows), all drawn from one device
+    generator seeded once, so a run is reproducible and a CUDA graph can replay it.
+
+    Args:
+        jitter: roll of up to this many pixels per row and step (0: none).
+        transforms: a `Transforms` or None.
+        seed: the generator's seed; `reset()` goes back to it.
+        device: where the generator lives.
+    """
+
+    def __init__(self, jitter: int, transforms: Transforms | None, seed: int, device):
+        self.jitter, self.transforms, self.seed = jitter, transforms, seed
+        self.count = transforms.crops if transforms is not None else 1
+        self.generator = None
+        if jitter or transforms is not None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(seed)
+
+    def reset(self) -> None:
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed)
+
+    def __call__(self, img: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B * count, C, H, W)."""
+        if self.jitter:
+            shift = torch.randint(-self.jitter, self.jitter + 1, (2, img.shape[0]), device=img.device,
+                                  generator=self.generator)
+            img = roll_rows(img, shift[0], shift[1])
+        if self.transforms is not None:
+            img = self.transforms(img, self.generator)
+        return img
+
+    def mean(self, score: Tensor) -> Tensor:
+        """(B * count,) per-view scores -> (B,) per-image means."""
+        return score.view(-1, self.count).mean(1) if self.count > 1 else score
+
+
 def as_transforms(t) -> Transforms | None:
     """None / "none" -> None; "lucent" / "maco" / a Transforms -> a Transforms."""
     if t is None or t == "none":

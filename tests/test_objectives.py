@@ -66,7 +66,7 @@ def test_inversion_is_zero_at_the_target_on_a_flat_image():
 
 
 def test_jitter_roll_is_an_exact_per_row_roll():
-    from fastviz.engine import _roll
+    from fastviz.transforms import roll_rows as _roll
 
     img = torch.randn(3, 2, 5, 7)
     dy, dx = torch.tensor([0, 2, -1]), torch.tensor([3, -4, 0])

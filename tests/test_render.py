@@ -12,7 +12,7 @@ from torch import nn
 import fastviz as fv
 from fastviz.hooks import session
 from fastviz.regularizers import NONE
-from fastviz.render import _start
+from fastviz.param import make_param
 
 CLASSES = [1, 130, 285, 980]  # goldfish, flamingo, Egyptian cat, volcano
 
@@ -144,7 +144,7 @@ def test_rows_are_independent_of_the_batch(lite0):
     """
     kw = dict(steps=1, seed=3, init="noise", reg=NONE, optimizer="sgd", lr=0.01, param="pixel")
     a = fv.class_model(lite0, [1, 130, 285], **kw)
-    start = _start(lite0, range(3), None, "noise", 3, "cpu") + 0.5  # Lite0's mean colour is 0.5
+    start = make_param("pixel", 3, (224, 224), seed=3, init="noise").image().detach() + 0.5  # Lite0's mean is 0.5
     moved = (a.images - start).abs().amax()
     assert float(moved) > 1e-3  # the images did move: the comparison below is not vacuous
     for batch_size in (1, 2):
