@@ -12,7 +12,6 @@ import torch
 from .. import image, io, render
 from .attribution import explain
 from .common import add_model_args, add_out_arg, model_from_args, out_dir
-from .synthesis import Bar
 
 DEMO_CLASSES = [1, 130, 285, 980]  # goldfish, flamingo, Egyptian cat, volcano
 
@@ -40,28 +39,18 @@ def run_demo(args) -> int:
     return 0
 
 
-def _run(title: str, fn):
-    bar = Bar(title)
-    try:
-        return fn(bar)
-    finally:
-        bar.close()
-
-
 def synthesis(model, photos: dict, out) -> None:
     # The default (MACO, 4 crops) in the top row, the classic pixel + Yosinski below it.
-    r = _run("class models", lambda bar: render.class_model(model, DEMO_CLASSES, steps=256, progress=bar))
-    seed = _run("class models, pixel + Yosinski", lambda bar: render.class_model(
-        model, DEMO_CLASSES, steps=200, param="pixel", progress=bar))
-    image.save_image(image.grid(torch.cat([r.images, seed.images]), nrow=4), out / "class_models.png")
-    r = _run("channels _blocks.10", lambda bar: render.feature(model, "_blocks.10", range(4), steps=256, progress=bar))
-    seed = _run("channels _blocks.10, pixel + Yosinski", lambda bar: render.feature(
-        model, "_blocks.10", range(4), steps=128, param="pixel", progress=bar))
-    image.save_image(image.grid(torch.cat([r.images, seed.images]), nrow=4), out / "channels_blocks10.png")
+    r = render.class_model(model, DEMO_CLASSES, steps=256, progress=True)
+    classic = render.class_model(model, DEMO_CLASSES, steps=200, param="pixel", progress=True)
+    image.save_image(image.grid(torch.cat([r.images, classic.images]), nrow=4), out / "class_models.png")
+    r = render.feature(model, "_blocks.10", range(4), steps=256, progress=True)
+    classic = render.feature(model, "_blocks.10", range(4), steps=128, param="pixel", progress=True)
+    image.save_image(image.grid(torch.cat([r.images, classic.images]), nrow=4), out / "channels_blocks10.png")
     cat = io.load_images(photos["chelsea"])
-    r = _run("deepdream", lambda bar: render.deepdream(model, cat, "_blocks.8", progress=bar))
+    r = render.deepdream(model, cat, "_blocks.8", progress=True)
     image.save_image(image.grid(torch.cat([cat, r.images]), nrow=2), out / "deepdream_chelsea.png")
     coffee = io.load_images(photos["coffee"])
-    r = _run("invert", lambda bar: render.invert(model, coffee, "_blocks.6", steps=200, progress=bar))
+    r = render.invert(model, coffee, "_blocks.6", steps=200, progress=True)
     image.save_image(image.grid(torch.cat([coffee, r.images]), nrow=2), out / "invert_coffee_blocks6.png")
     print(f"wrote class_models.png, channels_blocks10.png, deepdream_chelsea.png, invert_coffee_blocks6.png into {out}/")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .. import image, io, render
 from ..param import PARAMS
 from ..regularizers import Yosinski
 from .common import add_model_args, add_out_arg, model_from_args, out_dir, slug
 
 
-def _add_loop_args(p, steps: int = 200) -> None:
+def _add_loop_args(p, steps: int = 256) -> None:
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="rows rendered at once (default: all)")
@@ -51,23 +49,23 @@ def _method(args) -> dict:
     return kw
 
 
-def register(sub) -> None:
-    p = sub.add_parser("class", help="class models by gradient ascent (MACO by default; --param pixel: Yosinski)")
-    p.add_argument("classes", nargs="+", type=int)
+def _add_target_parser(sub, name: str, help: str, targets: tuple[str, ...], param: str, out: str, func):
+    """A synthesis subcommand: its positional targets, then the shared model / loop / method flags."""
+    p = sub.add_parser(name, help=help)
+    for t in targets:
+        p.add_argument(t, nargs="+" if t in ("classes", "channels") else None, type=str if t == "layer" else int)
     add_model_args(p)
-    _add_loop_args(p, steps=256)
-    _add_reg_args(p, "maco")
-    add_out_arg(p, "out/class")
-    p.set_defaults(func=run_class)
+    _add_loop_args(p)
+    _add_reg_args(p, param)
+    add_out_arg(p, out)
+    p.set_defaults(func=func)
 
-    p = sub.add_parser("feature", help="channel visualisation of a layer")
-    p.add_argument("layer")
-    p.add_argument("channels", nargs="+", type=int)
-    add_model_args(p)
-    _add_loop_args(p, steps=256)
-    _add_reg_args(p, "fft")
-    add_out_arg(p, "out/feature")
-    p.set_defaults(func=run_feature)
+
+def register(sub) -> None:
+    _add_target_parser(sub, "class", "class models by gradient ascent (MACO by default; --param pixel: Yosinski)",
+                       ("classes",), "maco", "out/class", run_class)
+    _add_target_parser(sub, "feature", "channel visualisation of a layer", ("layer", "channels"), "fft",
+                       "out/feature", run_feature)
 
     p = sub.add_parser("dream", help="DeepDream on photos")
     p.add_argument("paths", nargs="+")
@@ -90,21 +88,6 @@ def register(sub) -> None:
     p.set_defaults(func=run_invert)
 
 
-class Bar:
-    """A tqdm bar as a fastviz progress callback."""
-
-    def __init__(self, desc: str):
-        self.bar = tqdm(desc=desc, unit="step")
-
-    def __call__(self, done: int, total: int) -> None:
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self):
-        self.bar.close()
-
-
 def _loop_kwargs(args) -> dict:
     kw = dict(steps=args.steps, seed=args.seed, batch_size=args.batch_size, backend=args.backend, amp=args.amp)
     if args.lr is not None:
@@ -122,12 +105,8 @@ def _write(r, out: Path, names: list[str], title: str) -> None:
 
 def run_class(args) -> int:
     model = model_from_args(args)
-    bar = Bar("class models")
-    try:
-        r = render.class_model(model, args.classes, progress=bar, device=model.device,
-                               **_method(args), **_loop_kwargs(args))
-    finally:
-        bar.close()
+    r = render.class_model(model, args.classes, progress=True, device=model.device,
+                           **_method(args), **_loop_kwargs(args))
     labels = model.labels or [str(c) for c in range(max(args.classes) + 1)]
     _write(r, out_dir(args.out), [f"{c:04d}_{slug(labels[c])}" for c in args.classes], "class models")
     return 0
@@ -135,12 +114,8 @@ def run_class(args) -> int:
 
 def run_feature(args) -> int:
     model = model_from_args(args)
-    bar = Bar(f"{args.layer} channels")
-    try:
-        r = render.feature(model, args.layer, args.channels, progress=bar,
-                           device=model.device, **_method(args), **_loop_kwargs(args))
-    finally:
-        bar.close()
+    r = render.feature(model, args.layer, args.channels, progress=True, device=model.device,
+                       **_method(args), **_loop_kwargs(args))
     _write(r, out_dir(args.out), [f"{slug(args.layer)}_{c:04d}" for c in args.channels], "features")
     return 0
 
@@ -149,12 +124,8 @@ def run_dream(args) -> int:
     model = model_from_args(args)
     files = io._expand(args.paths)
     x = io.load_images(files)
-    bar = Bar("deepdream")
-    try:
-        r = render.deepdream(model, x, args.layer, octaves=args.octaves, steps_per_octave=args.steps_per_octave,
-                             lr=args.lr, seed=args.seed, progress=bar)
-    finally:
-        bar.close()
+    r = render.deepdream(model, x, args.layer, octaves=args.octaves, steps_per_octave=args.steps_per_octave,
+                         lr=args.lr, seed=args.seed, progress=True)
     _write(r, out_dir(args.out), [f"{slug(f.stem)}_dream" for f in files], "deepdream")
     return 0
 
@@ -163,10 +134,6 @@ def run_invert(args) -> int:
     model = model_from_args(args)
     files = io._expand(args.paths)
     x = io.load_images(files)
-    bar = Bar("invert")
-    try:
-        r = render.invert(model, x, args.layer, steps=args.steps, seed=args.seed, progress=bar)
-    finally:
-        bar.close()
+    r = render.invert(model, x, args.layer, steps=args.steps, seed=args.seed, progress=True)
     _write(r, out_dir(args.out), [f"{slug(f.stem)}_{slug(args.layer)}" for f in files], "inversions")
     return 0
