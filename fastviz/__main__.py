@@ -1,3 +1,5 @@
+"""`python -m fastviz ...` (and `torchrun -m fastviz atlas ...`): the `fastviz` command."""
+
 import sys
 
 from .cli import main
