@@ -148,7 +148,7 @@ class Pointwise(nn.Module):
     zero-fills around the same GEMM (measured on Lite0, batch 8: 32 of its 49 convs).
 
     With oneDNN the GEMM is oneDNN's, with the bias and `act` (the ReLU / ReLU6 that follows,
-    see `fastviz.lower._fuse_activations`) applied in its epilogue instead of two more passes.
+    see `fastviz.lower.activations.fuse_activations`) applied in its epilogue instead of two more passes.
     """
 
     # Set by `fastviz.lower` where the activated output's only consumer is a conv: the gradient
