@@ -9,6 +9,9 @@ import fastviz as fv
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
+# The atlas tests share a tiny atlas run once per session (tests/atlas_helpers.py).
+pytest_plugins = ["atlas_helpers"]
+
 
 @pytest.fixture(scope="session")
 def lite0() -> fv.Model:

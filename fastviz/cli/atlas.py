@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--channels", nargs="+", default=["all"], metavar="all|N",
                    help="'all' (default) or channel indices, for every --layers")
     p.add_argument("--out", required=True, help="the atlas directory (rerun the same command to resume)")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per batch (default: the atlas's recorded size, else measured once)")
