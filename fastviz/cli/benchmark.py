@@ -87,7 +87,9 @@ def pytest_command(args) -> tuple[list[str], dict[str, str]]:
     if args.json:
         cmd.append(f"--benchmark-json={args.json}")
     cmd += list(args.pytest_args or [])
-    env = dict(os.environ)
+    # A fresh pytest, not a worker of whatever runs this one (pytest-benchmark disables timing
+    # when it sees PYTEST_XDIST_WORKER).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     for k, v in MALLOC_ENV.items():
         env.setdefault(k, v)
     env.update(FASTVIZ_BENCH_MODEL=args.model, FASTVIZ_BENCH_WEIGHTS=str(args.weights),
