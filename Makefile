@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export MALLOC_MMAP_THRESHOLD_ = 536870912
 export MALLOC_TRIM_THRESHOLD_ = 1073741824
 
-.PHONY: quality venv demo test bench bench-save bench-compare bench-plot peers gpu-check clean
+.PHONY: quality venv demo test test-slow bench bench-save bench-compare bench-plot peers gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fastviz demo --synthesis --out out/demo
 
+# The fast tier on both cores (what CI runs first, a few minutes); the slow tier (torchrun,
+# Chromium, Triton compiles, long renders on the pretrained models judged by a second network)
+# on its own. Together they are the whole suite.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -n 2 -m slow
 
 bench: venv
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=median,iqr,ops
