@@ -29,7 +29,7 @@ def main(out: Path) -> None:
         "scorecam": scorecam(model, x, target, batch_size=64),
         "guided_gradcam": guided_gradcam(model, x, target),
         "smoothgrad": smoothgrad(model, x, target, n=25, seed=0),
-        "ig": integrated_gradients(model, x, target, steps=64).attributions.abs().amax(1),
+        "ig": integrated_gradients(model, x, target, points=64).attributions.abs().amax(1),
     }
     out.mkdir(parents=True, exist_ok=True)
     small = lambda t: F.interpolate(t.float().cpu(), size=(160, 160), mode="bilinear",  # noqa: E731

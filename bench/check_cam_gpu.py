@@ -39,7 +39,7 @@ def main() -> int:
         "guided_gradcam": lambda m, x: guided_gradcam(m, x),
         "scorecam": lambda m, x: scorecam(m, x, layer="_blocks.0", batch_size=7),
         "smoothgrad0": lambda m, x: smoothgrad(m, x, n=3, noise=0.0),
-        "ig": lambda m, x: integrated_gradients(m, x, steps=8, batch_size=5).attributions,
+        "ig": lambda m, x: integrated_gradients(m, x, points=8, batch_size=5).attributions,
     }
     for name, call in calls.items():
         want = call(cpu, x)
@@ -74,7 +74,7 @@ def main() -> int:
     for baseline in (None, 0.5):
         for spacing in ("cubic", "uniform"):
             for method in ("trapezoid", "riemann_left", "riemann_right", "riemann_middle"):
-                r = integrated_gradients(gpu, xg, steps=64, method=method, spacing=spacing,
+                r = integrated_gradients(gpu, xg, points=64, method=method, spacing=spacing,
                                          baseline=baseline, batch_size=128)
                 relv = (r.completeness_error / r.score_difference.abs()).tolist()
                 print(f"  baseline {str(baseline):4s} {spacing:7s} {method:14s} error "

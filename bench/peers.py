@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         ("guided backprop", "grad-cam GuidedBackpropReLUModel* (one image a call)",
          lambda: fv.guided_backprop(model, x, target=targets), gc_guided_all, None),
         (f"integrated gradients ({ig_steps} steps)", "captum IntegratedGradients",
-         lambda: integrated_gradients(model, x, target=targets, steps=ig_steps, batch_size=32),
+         lambda: integrated_gradients(model, x, target=targets, points=ig_steps, batch_size=32),
          lambda: IntegratedGradients(wrapped).attribute(x, target=targets, n_steps=ig_steps,
                                                         internal_batch_size=32), None),
         (f"SmoothGrad (n={sg_n})", "captum NoiseTunnel(Saliency)",

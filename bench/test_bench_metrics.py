@@ -25,8 +25,8 @@ PERCENTILES = [10, 30, 50]  # each is 2 sparse solves per image: 0.1-3 s here; 9
 
 CASES = {
     # name: (call, forwards per image it needs at the least)
-    "deletion": (lambda m, x, s: fv.deletion(m, x, s, steps=STEPS), STEPS + 1),
-    "insertion": (lambda m, x, s: fv.insertion(m, x, s, steps=STEPS), STEPS + 1),
+    "deletion": (lambda m, x, s: fv.deletion(m, x, s, points=STEPS), STEPS + 1),
+    "insertion": (lambda m, x, s: fv.insertion(m, x, s, points=STEPS), STEPS + 1),
     "road": (lambda m, x, s: fv.road(m, x, s, percentiles=PERCENTILES), 2 * len(PERCENTILES)),
     "randomization_saliency": (lambda m, x, s: fv.randomization_check(m, x, "saliency"), None),
 }

@@ -13,7 +13,7 @@ from .engine import Render
 from .errors import FastvizError
 from .image import grid, heatmap, normalize, overlay, save_image
 from .embedding import Embedding, embed, neighbour_agreement
-from .inspection import features, filter_grid, filters
+from .inspection import Features, features, filter_grid, filters
 from .io import load_image, load_images, sample_images
 from .metrics import CurveResult, ROADResult, deletion, insertion, road
 from .sanity import RandomizationResult, randomization_check
@@ -46,6 +46,7 @@ __all__ = [
     "FastvizError",
     "feature",
     "features",
+    "Features",
     "filter_grid",
     "filters",
     "gradcam",

@@ -14,34 +14,18 @@ import torch
 
 from . import checks
 from .errors import FastvizError
+from .explain import check_logits, prepare, target_scores
 from .guided import deconvnet as _deconv_rule
-from .guided import guided
+from .guided import guided as _guide
 from .hooks import session
-from .io import check_images
 from .lower import lowered
-from .models import Model, as_model
-from .targets import Neuron, class_targets, pick
+from .targets import Neuron, class_targets
 
 Target = int | Sequence[int] | torch.Tensor | Neuron | None
 
 
-def _num_classes(m: Model, logits: torch.Tensor) -> int:
-    return m.num_classes or logits.shape[1]
-
-
-def prepare(model, x, name: str = "x") -> tuple[Model, torch.Tensor]:
-    """The wrapped model and a validated image batch on the model's device.
-
-    The images go through `fastviz.checks.images` (conversion rules there); pixels outside
-    [0, 1] are refused when the model normalises its input (a `Model` with mean / std).
-    """
-    m = as_model(model)
-    x = check_images(x, m.channels, name, check_range=m.mean is not None)
-    return m, x.to(m.device, torch.float32)
-
-
 @torch.no_grad()
-def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
+def predict(model, x, *, k: int = 5) -> list[list[tuple[int, str, float]]]:
     """Top-k classes per image.
 
     Args:
@@ -59,9 +43,7 @@ def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
     m, x = prepare(model, x)
     k = checks.positive_int(k, "k", m.num_classes)
     with session(m):
-        logits = m(x)
-    if logits.dim() != 2:
-        raise FastvizError(f"model: expected logits (B, classes), got shape {tuple(logits.shape)}")
+        logits = check_logits(m(x))
     if k > logits.shape[1]:
         raise FastvizError(f"k: expected 1 <= k <= {logits.shape[1]}, got {k}")
     prob, idx = logits.float().softmax(1).topk(k, dim=1)
@@ -70,8 +52,8 @@ def predict(model, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
             for ri, rp in zip(idx.cpu(), prob.cpu())]
 
 
-def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv: bool = False,
-             lower: bool = False
+def gradient(model, x, target: Target = None, *, guided: bool = False, deconv: bool = False,
+             lower: bool = False, guided_relu: bool | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """d score / d image for one target per row: the engine of every gradient map.
 
@@ -79,19 +61,24 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
         model: `Model` or nn.Module.
         x: (B, C, H, W) images in [0, 1].
         target: class index (int, list, tensor; None = top-1 per row) or a `Neuron`.
-        guided_relu: backpropagate through `GuidedReLU` (guided backprop).
-        deconv: backpropagate through `DeconvReLU` (deconvnet); not with guided_relu.
+        guided: backpropagate through `GuidedReLU` (guided backprop).
+        deconv: backpropagate through `DeconvReLU` (deconvnet); not with guided.
         lower: go through the lowered copy (`fastviz.lower`: BN folded, channels_last): faster,
             equal up to fp32 rounding amplified by depth (docs/performance.md gives the error).
 
     Returns:
         ((B, C, H, W) gradient, (B,) class targets used, or None for a Neuron).
+
+    `guided_relu=` is the old name of `guided=` (deprecated; it warns).
     """
-    if guided_relu and deconv:
-        raise FastvizError("guided_relu, deconv: pick one backward rule, got both")
+    guided = checks.renamed(guided_relu, guided, "guided_relu", "guided", False)
+    if not isinstance(guided, bool):
+        raise FastvizError(f"guided: expected True or False, got {guided!r:.60}")
+    if not isinstance(deconv, bool):
+        raise FastvizError(f"deconv: expected True or False, got {deconv!r:.60}")
+    if guided and deconv:
+        raise FastvizError("guided, deconv: pick one backward rule, got both")
     m, x = prepare(model, x)
-    if not isinstance(guided_relu, bool):
-        raise FastvizError(f"guided_relu: expected True or False, got {guided_relu!r:.60}")
     neuron = target if isinstance(target, Neuron) else None
     if neuron is not None:
         m.layer(neuron.layer)
@@ -101,7 +88,7 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
         # Deconvnet replaces the activation's backward: it needs the activation modules to run it.
         m = lowered(m, x, keep=[neuron.layer] if neuron is not None else (), activations=not deconv)
     with session(m, no_inplace=deconv) as s:
-        if guided_relu and guided(s) == 0:
+        if guided and _guide(s) == 0:
             warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
                           f"the plain gradient", stacklevel=3)
         if deconv and _deconv_rule(s) == 0:
@@ -112,11 +99,7 @@ def gradient(model, x, target: Target = None, guided_relu: bool = False, deconv:
             acts, _ = s.forward(xi, [neuron.layer])
             score, used = neuron.value(acts[neuron.layer]), None
         else:
-            logits = m(xi)
-            if logits.dim() != 2:
-                raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
-            t = class_targets(target, x.shape[0], _num_classes(m, logits))
-            score, used = pick(logits, t)
+            score, used = target_scores(m, m(xi), target)
         (g,) = torch.autograd.grad(score.sum(), xi)
     return g, used
 
@@ -156,11 +139,11 @@ def guided_backprop(model, x, target: Target = None, *, lower: bool = False) -> 
     Returns:
         (B, 3, H, W) signed gradient; `fastviz.image.normalize(g, "signed")` shows it.
     """
-    g, _ = gradient(model, x, target, guided_relu=True, lower=lower)
+    g, _ = gradient(model, x, target, guided=True, lower=lower)
     return g
 
 
-def deconvnet(model, x, target: Target = None) -> torch.Tensor:
+def deconvnet(model, x, target: Target = None, *, lower: bool = False) -> torch.Tensor:
     """Deconvnet (Zeiler & Fergus 2014): backward where every ReLU / ReLU6 passes relu(gradient).
 
     Unlike guided backprop, the forward input of the activation plays no part in the backward;
@@ -170,6 +153,8 @@ def deconvnet(model, x, target: Target = None) -> torch.Tensor:
         model: `Model` or nn.Module; its nn.ReLU and nn.ReLU6 modules take the deconvnet rule.
         x: (B, 3, H, W) images in [0, 1].
         target: class per row, None for top-1, or a `Neuron`.
+        lower: use the lowered copy of the network (see `gradient`; the activations keep their
+            own modules there, since the deconvnet rule replaces their backward).
 
     Returns:
         (B, 3, H, W) signed image; `fastviz.image.normalize(g, "signed")` shows it.
@@ -178,11 +163,11 @@ def deconvnet(model, x, target: Target = None) -> torch.Tensor:
         >>> deconvnet(load_model(), torch.rand(2, 3, 224, 224), target=285).shape
         torch.Size([2, 3, 224, 224])
     """
-    g, _ = gradient(model, x, target, deconv=True)
+    g, _ = gradient(model, x, target, deconv=True, lower=lower)
     return g
 
 
-def input_x_gradient(model, x, target: Target = None) -> torch.Tensor:
+def input_x_gradient(model, x, target: Target = None, *, lower: bool = False) -> torch.Tensor:
     """Input x gradient (Shrikumar et al. 2016): the image times d score / d image.
 
     The image is the [0, 1] one the user gave (the gradient too is with respect to it), so a
@@ -192,16 +177,17 @@ def input_x_gradient(model, x, target: Target = None) -> torch.Tensor:
         model: `Model` or nn.Module.
         x: (B, 3, H, W) images in [0, 1].
         target: class per row, None for top-1, or a `Neuron`.
+        lower: use the lowered copy of the network (see `gradient`).
 
     Returns:
         (B, 3, H, W) signed attribution.
     """
     m, xd = prepare(model, x)
-    g, _ = gradient(m, xd, target)
+    g, _ = gradient(m, xd, target, lower=lower)
     return xd * g
 
 
-def neuron_gradient(model, x, neuron: Neuron, guided: bool = False, *, lower: bool = False) -> torch.Tensor:
+def neuron_gradient(model, x, neuron: Neuron, *, guided: bool = False, lower: bool = False) -> torch.Tensor:
     """Gradient of one intermediate unit with respect to the image, plain or guided.
 
     The forward stops at the neuron's layer.
@@ -218,7 +204,5 @@ def neuron_gradient(model, x, neuron: Neuron, guided: bool = False, *, lower: bo
     """
     if not isinstance(neuron, Neuron):
         raise FastvizError(f"neuron: expected fastviz.Neuron, got {type(neuron).__name__}")
-    if not isinstance(guided, bool):
-        raise FastvizError(f"guided: expected True or False, got {guided!r}")
-    g, _ = gradient(model, x, neuron, guided_relu=guided, lower=lower)
+    g, _ = gradient(model, x, neuron, guided=guided, lower=lower)
     return g

@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
-from .attribution import prepare
 from . import checks
 from .errors import FastvizError
+from .explain import check_class_target, check_logits, prepare, resolve_targets, to_device
 from .hooks import session
 from .models import Model
-from .targets import Neuron, class_targets, positive_int
+from .targets import positive_int
 
 __all__ = ["IGResult", "integrated_gradients", "smoothgrad"]
 
@@ -31,45 +31,14 @@ IG_METHODS = ("trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 NoiseSource = Callable[[int, int], torch.Tensor]
 
 
-# -- checks ---------------------------------------------------------------------------------
-def _class_target(target):
-    if isinstance(target, Neuron):
-        raise FastvizError("target: SmoothGrad and integrated gradients explain a class score; "
-                           "got a Neuron")
-    return target
-
-
 # -- the engine -----------------------------------------------------------------------------
+SMOOTH = "SmoothGrad and integrated gradients"
+
+
 @torch.no_grad()
-def _early_target(m: Model, x: torch.Tensor, target) -> None:
-    """Refuse a bad class target before any forward when the class count is known."""
-    target = _class_target(target)
-    if m.num_classes is not None:
-        class_targets(target, x.shape[0], m.num_classes)
-
-
 def _logits(m: Model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(N, classes) logits without gradients, `batch_size` rows per forward."""
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        logits = m(x[i:i + batch_size])
-        if logits.dim() != 2:
-            raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
-        out.append(logits)
-    return torch.cat(out)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor onto the device without a host sync (pinned, non-blocking on CUDA)."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _targets(m: Model, logits: torch.Tensor, target) -> torch.Tensor:
-    """(B,) class per image on the logits' device: the given ones, or top-1 of the clean image."""
-    t = class_targets(_class_target(target), logits.shape[0], m.num_classes or logits.shape[1])
-    return logits.argmax(1) if t is None else _to_device(t, logits.device)
+    return torch.cat([check_logits(m(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)])
 
 
 def _row_gradients(m: Model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -109,8 +78,8 @@ def _generator_noise(x: torch.Tensor, seed: int | None) -> NoiseSource:
                                             dtype=x.dtype)
 
 
-def smoothgrad(model, x, target=None, n: int = 25, noise: float = 0.15, squared: bool = False,
-               batch_size: int = 32, seed: int | None = None) -> torch.Tensor:
+def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squared: bool = False,
+               batch_size: int = 32, seed: int | None = 0) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the class gradient averaged over noisy copies of the image.
 
     Each image b gets n copies x_b + e, e ~ N(0, sigma_b^2) per pixel and channel, with
@@ -126,8 +95,9 @@ def smoothgrad(model, x, target=None, n: int = 25, noise: float = 0.15, squared:
         noise: noise level (0 gives n times the plain gradient's |g|).
         squared: average g^2 instead of g (SmoothGrad-Squared).
         batch_size: rows per forward + backward; B x n rows run in ceil(B n / batch_size) chunks.
-        seed: seed of the device generator (None: a fresh random seed). The noise drawn for a
-            row depends on the seed and on how rows fall into chunks (batch_size).
+        seed: seed of the device generator (0 by default, as every fastviz call: the same call
+            gives the same map; None: a fresh random seed). The noise drawn for a row depends on
+            the seed and on how rows fall into chunks (batch_size).
 
     Returns:
         (B, H, W) non-negative map.
@@ -146,11 +116,11 @@ def smoothgrad(model, x, target=None, n: int = 25, noise: float = 0.15, squared:
     if not isinstance(squared, bool):
         raise FastvizError(f"squared: expected True or False, got {squared!r:.60}")
     m, x = prepare(model, x)
-    _early_target(m, x, target)
+    check_class_target(m, x, target, SMOOTH)
     flat = x.flatten(1)
     sigma = noise * (flat.amax(1) - flat.amin(1))
     with session(m):
-        targets = _targets(m, _logits(m, x, batch_size), target)
+        targets = resolve_targets(m, _logits(m, x, batch_size), target)
         mean = _smoothgrad_mean(m, x, targets, n, sigma, squared, batch_size,
                                 _generator_noise(x, seed))
     return (mean if squared else mean.abs()).amax(1)
@@ -178,8 +148,8 @@ class IGResult:
 IG_SPACINGS = ("cubic", "uniform")
 
 
-def ig_alphas(steps: int, method: str, spacing: str = "cubic") -> tuple[list[float], list[float]]:
-    """Points alpha on [0, 1] and their quadrature weights for `steps` gradient evaluations.
+def ig_alphas(points: int, method: str, spacing: str = "cubic") -> tuple[list[float], list[float]]:
+    """Points alpha on [0, 1] and their quadrature weights for `points` gradient evaluations.
 
     The rule is applied to t in [0, 1]: riemann_left: t = k/m, k = 0..m-1; riemann_right:
     k = 1..m; riemann_middle: t = (k + 1/2)/m, all with weight 1/m; trapezoid: t = k/(m-1),
@@ -194,10 +164,10 @@ def ig_alphas(steps: int, method: str, spacing: str = "cubic") -> tuple[list[flo
         raise FastvizError(f"method: expected one of {', '.join(IG_METHODS)}, got {method!r}")
     if spacing not in IG_SPACINGS:
         raise FastvizError(f"spacing: expected one of {', '.join(IG_SPACINGS)}, got {spacing!r}")
-    steps = positive_int(steps, "steps")
+    steps = positive_int(points, "points")
     if method == "trapezoid":
         if steps < 2:
-            raise FastvizError(f"steps: the trapezoid rule needs steps >= 2, got {steps}")
+            raise FastvizError(f"points: the trapezoid rule needs points >= 2, got {steps}")
         ts = [k / (steps - 1) for k in range(steps)]
         weights = [1 / (steps - 1)] * steps
         weights[0] = weights[-1] = 0.5 / (steps - 1)
@@ -231,13 +201,13 @@ def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
     return b.expand_as(x)
 
 
-def integrated_gradients(model, x, target=None, baseline=None, steps: int = 50,
+def integrated_gradients(model, x, target=None, *, baseline=None, points: int = 50,
                          method: str = "trapezoid", batch_size: int = 32,
-                         spacing: str = "cubic") -> IGResult:
+                         spacing: str = "cubic", steps: int | None = None) -> IGResult:
     """Integrated gradients (Sundararajan et al. 2017) of the target logit along a straight path.
 
     attributions = (x - x') * sum_k w_k dF/dx(x' + alpha_k (x - x')), with (alpha_k, w_k) from
-    `ig_alphas(steps, method, spacing)`. The B x steps gradient evaluations run in chunks of
+    `ig_alphas(points, method, spacing)`. The B x points gradient evaluations run in chunks of
     `batch_size` rows; F(x) and F(x') come from one extra no-grad forward of each.
 
     Args:
@@ -246,35 +216,37 @@ def integrated_gradients(model, x, target=None, baseline=None, steps: int = 50,
         target: class per row (int, list, tensor) or None for each image's top-1 on x.
         baseline: x' — None (black, zeros), a number (a flat grey), or a tensor (3, H, W),
             (1, 3, H, W) or (B, 3, H, W).
-        steps: gradient evaluations per image.
+        points: gradient evaluations per image, the points on the path (captum's n_steps).
         method: "trapezoid", "riemann_left", "riemann_right" or "riemann_middle".
         batch_size: rows per forward + backward.
         spacing: "cubic" (default: alpha = t^3, points dense near the baseline) or "uniform"
             (alpha = t, the textbook rule); see `ig_alphas`.
+        steps: the old name of `points` (deprecated: in fastviz `steps` are optimisation steps).
 
     Returns:
         `IGResult` with attributions (B, 3, H, W), completeness_error (B,), score_difference (B,)
         and targets (B,).
 
     Raises:
-        FastvizError: bad images or baseline, class out of range, steps < 1 (< 2 for trapezoid),
+        FastvizError: bad images or baseline, class out of range, points < 1 (< 2 for trapezoid),
             unknown method or spacing, batch_size < 1.
 
     Example:
-        >>> r = integrated_gradients(load_model(), torch.rand(1, 3, 224, 224), steps=8)
+        >>> r = integrated_gradients(load_model(), torch.rand(1, 3, 224, 224), points=8)
         >>> r.attributions.shape, r.completeness_error.shape
         (torch.Size([1, 3, 224, 224]), torch.Size([1]))
     """
-    checks.positive_int(steps, "steps", 10 ** 6)
-    alphas, weights = ig_alphas(steps, method, spacing)
+    points = checks.renamed(steps, points, "steps", "points", 50)
+    checks.positive_int(points, "points", 10 ** 6)
+    alphas, weights = ig_alphas(points, method, spacing)
     batch_size = positive_int(batch_size, "batch_size")
     m, x = prepare(model, x)
-    _early_target(m, x, target)
+    check_class_target(m, x, target, SMOOTH)
     base = _baseline(baseline, x)
     B = x.shape[0]
     with session(m):
         logits = _logits(m, torch.cat([x, base]), batch_size)
-        targets = _targets(m, logits[:B], target)
+        targets = resolve_targets(m, logits[:B], target)
         ends = logits.gather(1, targets.repeat(2)[:, None])[:, 0]
         difference = ends[:B] - ends[B:]
         path = _path_gradient(m, x, base, targets, alphas, weights, batch_size)
@@ -287,7 +259,7 @@ def _path_gradient(m: Model, x: torch.Tensor, base: torch.Tensor, targets: torch
                    alphas: list[float], weights: list[float], batch_size: int) -> torch.Tensor:
     """(B, C, H, W) sum_k w_k dF/dx at x' + alpha_k (x - x'); row r = b * steps + k."""
     B, steps = x.shape[0], len(alphas)
-    alpha, weight = _to_device(torch.tensor([alphas, weights], dtype=x.dtype), x.device)
+    alpha, weight = to_device(torch.tensor([alphas, weights], dtype=x.dtype), x.device)
     diff = x - base
     acc = torch.zeros_like(x)
     for i in range(0, B * steps, batch_size):

@@ -21,18 +21,22 @@ weights are positive probabilities, so a mostly negative map sums to zero after 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
 
-from .attribution import prepare
 from .errors import FastvizError
+from .explain import check_class_target, check_logits, prepare, resolve_targets, target_scores
+from .image import minmax
 from .guided import guided
 from .hooks import Session, session
 from .models import Model
-from .targets import Neuron, class_targets, pick, positive_int
+from .targets import positive_int
+
+CAMS = "class activation maps"
 
 __all__ = ["default_layer", "gradcam", "guided_gradcam", "layercam", "scorecam"]
 
@@ -41,46 +45,15 @@ _DEFAULT_LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.We
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _class_target(target):
-    if isinstance(target, Neuron):
-        raise FastvizError("target: class activation maps explain a class score; got a Neuron "
-                           "(use neuron_gradient for one unit)")
-    return target
-
-
-def _early_target(m: Model, x: torch.Tensor, target):
-    """The class target, refused before any hook or forward when the class count is known."""
-    target = _class_target(target)
-    if m.num_classes is not None:
-        class_targets(target, x.shape[0], m.num_classes)
-    return target
-
-
 def _bool(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise FastvizError(f"{name}: expected True or False, got {value!r:.60}")
     return value
 
 
-def _logits(logits: torch.Tensor) -> torch.Tensor:
-    if logits is None or logits.dim() != 2:
-        shape = None if logits is None else tuple(logits.shape)
-        raise FastvizError(f"model: expected logits (B, classes), got {shape}")
-    return logits
-
-
 def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
     """(B, h, w) -> (B, H, W), bilinear on the device."""
     return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-image (m - min) / (max - min); a constant map becomes zeros."""
-    flat = maps.flatten(1)
-    lo = flat.amin(1, keepdim=True)
-    span = flat.amax(1, keepdim=True) - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
-    return out.view_as(maps)
 
 
 def default_layer(model, x: torch.Tensor) -> str:
@@ -116,13 +89,10 @@ def default_layer(model, x: torch.Tensor) -> str:
         if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2] * a.shape[-1] > 1:
             started.append(name)
 
-    handles = [mod.register_forward_pre_hook(record) for mod in names]
-    try:
-        with session(m), torch.no_grad():
-            m(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with session(m) as s, contextlib.ExitStack() as hooks, torch.no_grad():
+        for mod in names:
+            hooks.enter_context(s.hook(mod, record, "pre"))
+        m(x[:1])
     for name in reversed(started):
         if calls[name] == 1:
             cache[key] = name
@@ -165,14 +135,11 @@ def _capture(s: Session, x: torch.Tensor, layer: tuple[str, bool], grad: bool
         return leaf.clone()
 
     if use_input:
-        handle = module.register_forward_pre_hook(lambda _m, args: (swap(args[0]), *args[1:]))
+        hook = s.hook(module, lambda _m, args: (swap(args[0]), *args[1:]), "pre")
     else:
-        handle = module.register_forward_hook(lambda _m, _i, out: swap(out))
-    try:
-        with torch.set_grad_enabled(grad):
-            logits = _logits(m(x))
-    finally:
-        handle.remove()
+        hook = s.hook(module, lambda _m, _i, out: swap(out))
+    with hook, torch.set_grad_enabled(grad):
+        logits = check_logits(m(x))
     if "act" not in box:
         raise FastvizError(f"layer: {layer!r} did not run in the forward of {m.name}")
     return box["act"], logits
@@ -181,19 +148,18 @@ def _capture(s: Session, x: torch.Tensor, layer: tuple[str, bool], grad: bool
 def _act_and_grad(model, x, target, layer):
     """(model, x, act, d score / d act, targets used) for the gradient CAMs."""
     m, x = prepare(model, x)
-    target = _early_target(m, x, target)
+    target = check_class_target(m, x, target, CAMS)
     name = _layer_name(m, x, layer)
     with session(m, no_inplace=True) as s:
         act, logits = _capture(s, x, name, grad=True)
-        t = class_targets(target, x.shape[0], m.num_classes or logits.shape[1])
-        score, used = pick(logits, t)
+        score, used = target_scores(m, logits, target)
         (g,) = torch.autograd.grad(score.sum(), act)
     return m, x, act.detach(), g, used
 
 
 def _finish(cam: torch.Tensor, x: torch.Tensor, normalize: bool) -> torch.Tensor:
     cam = _upsample(cam, x.shape[-2:])
-    return _minmax(cam) if normalize else cam
+    return minmax(cam) if normalize else cam
 
 
 # -- the methods ------------------------------------------------------------------------------
@@ -205,7 +171,7 @@ def _gradcam(model, x, target, layer, normalize):
     return m, x, _finish(cam, x, normalize), used
 
 
-def gradcam(model, x, target=None, layer: str | None = None, normalize: bool = True) -> torch.Tensor:
+def gradcam(model, x, target=None, *, layer: str | None = None, normalize: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k alpha_k A_k), alpha_k = mean_ij d y_c / d A_kij.
 
     y_c is the class logit (before softmax). One forward (captured at `layer`) and one backward
@@ -233,7 +199,7 @@ def gradcam(model, x, target=None, layer: str | None = None, normalize: bool = T
     return _gradcam(model, x, target, layer, normalize)[2]
 
 
-def guided_gradcam(model, x, target=None, layer: str | None = None) -> torch.Tensor:
+def guided_gradcam(model, x, target=None, *, layer: str | None = None) -> torch.Tensor:
     """Guided Grad-CAM: the [0, 1]-normalised Grad-CAM map times guided backprop, per pixel.
 
     Both parts explain the same class per row (top-1 resolved once, by the Grad-CAM pass).
@@ -250,12 +216,13 @@ def guided_gradcam(model, x, target=None, layer: str | None = None) -> torch.Ten
             warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
                           f"the plain gradient", stacklevel=2)
         xi = x.detach().requires_grad_(True)
-        score, _ = pick(_logits(m(xi)), used)  # the device targets of the Grad-CAM pass: no sync
+        # The device targets of the Grad-CAM pass, gathered as they are: no host sync.
+        score = check_logits(m(xi)).gather(1, used[:, None])
         (g,) = torch.autograd.grad(score.sum(), xi)
     return cam[:, None] * g
 
 
-def layercam(model, x, target=None, layer: str | None = None, normalize: bool = True) -> torch.Tensor:
+def layercam(model, x, target=None, *, layer: str | None = None, normalize: bool = True) -> torch.Tensor:
     """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(d y_c / d A_k) * A_k), pixel by pixel.
 
     Args:
@@ -271,7 +238,7 @@ def layercam(model, x, target=None, layer: str | None = None, normalize: bool = 
 
 
 @torch.no_grad()
-def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 32,
+def scorecam(model, x, target=None, *, layer: str | None = None, batch_size: int = 32,
              normalize: bool = True) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020), as the authors' code computes it.
 
@@ -295,13 +262,12 @@ def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 
     batch_size = positive_int(batch_size, "batch_size")
     _bool(normalize, "normalize")
     m, x = prepare(model, x)
-    target = _early_target(m, x, target)
+    target = check_class_target(m, x, target, CAMS)
     name = _layer_name(m, x, layer)
     B, _, H, W = x.shape
     with session(m, no_inplace=True) as s:
         act, logits = _capture(s, x, name, grad=False)
-        t = class_targets(target, B, m.num_classes or logits.shape[1])
-        _, used = pick(logits, t)
+        used = resolve_targets(m, logits, target)
         K = act.shape[1]
         flat = act.reshape(B * K, 1, *act.shape[-2:])
         xn = m.normalize(x)
@@ -310,13 +276,11 @@ def scorecam(model, x, target=None, layer: str | None = None, batch_size: int = 
             j = min(i + batch_size, B * K)
             rows = torch.arange(i, j, device=x.device) // K
             up = F.interpolate(flat[i:j], size=(H, W), mode="bilinear", align_corners=False)
-            lo = up.amin((2, 3), keepdim=True)
-            span = up.amax((2, 3), keepdim=True) - lo
-            mask = (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny)
-            out = _logits(m.select(m.module(xn.index_select(0, rows) * mask)))
+            mask = minmax(up)  # a constant A_k gives an all-zero mask, and its weight is 0
+            out = check_logits(m.select(m.module(xn.index_select(0, rows) * mask)))
             prob = out.float().softmax(1).gather(1, used.index_select(0, rows)[:, None])[:, 0]
-            weights[i:j] = torch.where(span.flatten() > 0, prob, 0.0)
+            weights[i:j] = torch.where(mask.flatten(1).amax(1) > 0, prob, 0.0)
     # sum_k w_k up(A_k) = up(sum_k w_k A_k): bilinear upsampling is linear.
     cam = (weights.view(B, K, 1, 1) * act).sum(1)
     cam = _upsample(cam, (H, W)).clamp_min(0)
-    return _minmax(cam) if normalize else cam
+    return minmax(cam) if normalize else cam

@@ -19,6 +19,8 @@ What is accepted, and converted how (docs/reliability.md has the table):
 
 from __future__ import annotations
 
+import warnings
+
 import math
 import numbers
 import operator
@@ -168,6 +170,17 @@ def progress(value, name: str = "progress"):
         return value
     raise FastvizError(f"{name}: expected None, True / False (a progress bar) or a callable "
                        f"progress(done, total), got {type(value).__name__}")
+
+
+def renamed(old_value, new_value, old: str, new: str, default):
+    """The value of an argument renamed from `old` to `new`: the old name still works for one
+    release, with a DeprecationWarning; both at once is an error."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{old}= is deprecated: use {new}= (the same meaning)", DeprecationWarning, stacklevel=3)
+    if new_value != default:
+        raise FastvizError(f"{old}, {new}: one argument given under both names; use {new}")
+    return old_value
 
 
 def floats(values, name: str, length: int | None = None, positive: bool = False) -> tuple[float, ...]:

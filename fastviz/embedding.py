@@ -285,7 +285,7 @@ def _scatter_plot(u: np.ndarray, groups, size: int, max_legend: int, radius: int
     return torch.from_numpy(canvas).permute(2, 0, 1).float() / 255
 
 
-def embed(model: Model | nn.Module, images_or_folder, method: str = "tsne", layer: str | None = None,
+def embed(model: Model | nn.Module, images_or_folder, *, method: str = "tsne", layer: str | None = None,
           batch_size: int = 32, device: str | torch.device | None = None, perplexity: float = 30.0,
           seed: int = 0, progress: Callable | bool | None = None, names: Sequence[str] | None = None,
           pool: str = "avg", thumbnail: int = 64) -> Embedding:
@@ -320,7 +320,8 @@ def embed(model: Model | nn.Module, images_or_folder, method: str = "tsne", laye
     if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
         raise FastvizError(f"names: expected a list of names, got {type(names).__name__}")
     m = as_model(model)
-    feats = features(m, images_or_folder, layer, batch_size, device, pool, thumbnail, progress)
+    feats = features(m, images_or_folder, layer=layer, batch_size=batch_size, device=device, pool=pool,
+                     thumbnail=thumbnail, progress=progress)
     if names is not None:
         if len(names) != feats.features.shape[0]:
             raise FastvizError(f"names: expected {feats.features.shape[0]}, got {len(names)}")

@@ -1,13 +1,16 @@
-"""The restoring context (docs/design.md, rule 1), truncated forward and activation capture.
+"""The restoring context (docs/design.md, rule 1), hooks, truncated forward and activation capture.
 
 Everything fastviz does to a user's network happens inside `session(model)`: eval mode,
 frozen parameters, forward hooks, `inplace` switched off. Its `finally` puts every flag back
-and removes every hook, also when the call raises.
+and removes every hook, also when the call raises. Inside it, `Session.hook(module, fn, kind)`
+is the one way to hook a module for a block (forward, pre-forward or backward; removed when
+the block ends), and `StopForward` is the one signal that ends a forward early (`Session.run`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -18,8 +21,12 @@ from .errors import FastvizError
 from .models import Model
 
 
-class _StopForward(Exception):
-    """Raised by a capture hook once every requested layer has run: the rest of the net is skipped."""
+class StopForward(Exception):
+    """Raised by a hook once it has what it needs: `Session.run` skips the rest of the network."""
+
+
+_REGISTER = {"forward": "register_forward_hook", "pre": "register_forward_pre_hook",
+             "backward": "register_full_backward_hook"}
 
 
 class Session:
@@ -37,7 +44,28 @@ class Session:
         return self._layers[name]
 
     def add_forward_hook(self, module: nn.Module, hook: Callable) -> None:
+        """A forward hook for the rest of the session (removed when the session ends)."""
         self._handles.append(module.register_forward_hook(hook))
+
+    @contextlib.contextmanager
+    def hook(self, module: nn.Module, fn: Callable, kind: str = "forward") -> Iterator[None]:
+        """`fn` hooked on `module` for the with block, removed on exit (also when it raises).
+
+        kind: "forward" (fn(module, inputs, output)), "pre" (fn(module, inputs)) or "backward"
+            (fn(module, grad_inputs, grad_outputs)), as torch's register_*_hook.
+        """
+        handle = getattr(module, _REGISTER[kind])(fn)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The model on `x`; None when a hook ended the forward with `StopForward`."""
+        try:
+            return self.model(x)
+        except StopForward:
+            return None
 
     def remove_hooks(self) -> None:
         while self._handles:
@@ -51,18 +79,11 @@ class Session:
         """
         todo = [n for n in names if n not in self.model._single_use]
         if todo:
-            counts = dict.fromkeys(todo, 0)
-            handles = []
-            for n in todo:
-                def count(_m, _i, _o, n=n):
-                    counts[n] += 1
-                handles.append(self.model.layer(n).register_forward_hook(count))
-            try:
-                with torch.no_grad():
-                    self.model(x[:1].detach())
-            finally:
-                for h in handles:
-                    h.remove()
+            counts = Counter(dict.fromkeys(todo, 0))
+            with contextlib.ExitStack() as hooks, torch.no_grad():
+                for n in todo:
+                    hooks.enter_context(self.hook(self.model.layer(n), lambda *_, n=n: counts.update([n])))
+                self.model(x[:1].detach())
             for n, c in counts.items():
                 self.model._single_use[n] = c
         for n in names:
@@ -90,24 +111,19 @@ class Session:
         modules = [self.layer(n) for n in layers]
         self.check_single_use(layers, x)
         acts: dict[str, torch.Tensor] = {}
-        handles = []
-        for name, module in zip(layers, modules):
-            def grab(_m, _i, out, name=name):
-                if not isinstance(out, torch.Tensor):
-                    raise FastvizError(
-                        f"layer: {name!r} returns a {type(out).__name__}, not a tensor; pick a "
-                        f"module whose output is a feature map")
-                acts[name] = out
-                if stop and len(acts) == len(layers):
-                    raise _StopForward
-            handles.append(module.register_forward_hook(grab))
-        try:
-            logits = self.model(x)
-        except _StopForward:
-            logits = None
-        finally:
-            for h in handles:
-                h.remove()
+
+        def grab(name: str, out) -> None:
+            if not isinstance(out, torch.Tensor):
+                raise FastvizError(f"layer: {name!r} returns a {type(out).__name__}, not a tensor; "
+                                   f"pick a module whose output is a feature map")
+            acts[name] = out
+            if stop and len(acts) == len(layers):
+                raise StopForward
+
+        with contextlib.ExitStack() as hooks:
+            for name, module in zip(layers, modules):
+                hooks.enter_context(self.hook(module, lambda _m, _i, out, name=name: grab(name, out)))
+            logits = self.run(x)
         return acts, logits
 
 

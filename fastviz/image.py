@@ -33,6 +33,16 @@ def _tensor(t, name: str) -> torch.Tensor:
 _COLORMAPS = {"jet": 2, "inferno": 9, "viridis": 16, "magma": 13, "turbo": 20, "hot": 11}
 
 
+def minmax(maps: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
+    """Per row (first dim) (m - min) / (max - min) over all other dims, in [0, 1]; a constant row
+    becomes `constant`. The one min-max of fastviz: CAMs, filters, `normalize`, Score-CAM masks."""
+    flat = maps.flatten(1)
+    lo = flat.amin(1, keepdim=True)
+    span = flat.amax(1, keepdim=True) - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), constant)
+    return out.view_as(maps)
+
+
 def normalize(t: torch.Tensor, mode: str = "minmax", q: float = 0.995) -> torch.Tensor:
     """Map each image (first dim = batch when t.dim() is 4, or (B, H, W) maps) into [0, 1].
 
@@ -53,9 +63,7 @@ def normalize(t: torch.Tensor, mode: str = "minmax", q: float = 0.995) -> torch.
     batched = t.dim() == 4 or (t.dim() == 3 and t.shape[0] not in (1, 3))
     flat = t.reshape(t.shape[0], -1) if batched else t.reshape(1, -1)
     if mode == "minmax":
-        lo = flat.amin(1, keepdim=True)
-        hi = flat.amax(1, keepdim=True)
-        out = (flat - lo) / (hi - lo).clamp_min(1e-12)
+        out = minmax(flat)
     else:
         scale = torch.quantile(flat.abs(), q, dim=1, keepdim=True).clamp_min(1e-12)
         if mode == "percentile":

@@ -21,8 +21,9 @@ from torch import nn
 
 from . import checks, io
 from .errors import FastvizError
-from .hooks import on_device, session
-from .image import grid
+from .hooks import StopForward, on_device, session
+from .progress import reporter
+from .image import grid, minmax
 from .models import Model, as_model
 
 NORMALIZE = ("per_filter", "shared")
@@ -82,10 +83,7 @@ def filters(model: Model | nn.Module, layer: str | None = None,
     _, conv = _first_rgb_conv(m, layer)
     w = conv.weight.detach().float().cpu()
     flat = w.reshape(w.shape[0], -1) if normalize == "per_filter" else w.reshape(1, -1)
-    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    span = hi - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(w.dtype).tiny), 0.5)
-    return out.reshape(w.shape).clamp_(0, 1)
+    return minmax(flat, constant=0.5).reshape(w.shape)
 
 
 def filter_grid(model: Model | nn.Module, layer: str | None = None, normalize: str = "per_filter",
@@ -114,10 +112,6 @@ def filter_grid(model: Model | nn.Module, layer: str | None = None, normalize: s
 
 
 # -- features -------------------------------------------------------------------------------
-class _StopAtClassifier(Exception):
-    """Raised by the pre-hook on the classifier once its input is captured."""
-
-
 def _classifier(m: Model) -> tuple[str, nn.Linear]:
     last = None
     for n, mod in m.module.named_modules():
@@ -136,15 +130,10 @@ def _classifier_input(s, name: str, fc: nn.Linear, x: torch.Tensor) -> torch.Ten
 
     def grab(_m, inputs):
         got.append(inputs[0])
-        raise _StopAtClassifier
+        raise StopForward
 
-    handle = fc.register_forward_pre_hook(grab)
-    try:
-        s.model(x)
-    except _StopAtClassifier:
-        pass
-    finally:
-        handle.remove()
+    with s.hook(fc, grab, "pre"):
+        s.run(x)
     if not got:
         raise FastvizError(f"layer: the classifier {name!r} did not run in the forward of "
                            f"{s.model.name}; name the layer to embed with layer=...")
@@ -191,7 +180,17 @@ class Features:
     paths: list[Path] | None
 
 
-def features(model: Model | nn.Module, images_or_folder, layer: str | None = None,
+def _bar_factory_is_a_bar(progress):
+    """The old form of `progress` (a tqdm class or a partial of one) means a bar."""
+    func = getattr(progress, "func", progress)
+    if isinstance(func, type):
+        warnings.warn("progress=<a tqdm class> is deprecated: use progress=True for a bar, or a "
+                      "callable progress(done, total)", DeprecationWarning, stacklevel=3)
+        return True
+    return progress
+
+
+def features(model: Model | nn.Module, images_or_folder, *, layer: str | None = None,
              batch_size: int = 32, device: str | torch.device | None = None, pool: str = "avg",
              thumbnail: int = 64, progress: Callable | bool | None = None) -> Features:
     """Features of every image at one layer, in batches, with the forward stopped there.
@@ -208,8 +207,9 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
         device: where to run (default: the model's device); the network is moved there for the
             call and moved back after it.
         thumbnail: side of the thumbnails kept for maps.
-        progress: None, True (a tqdm bar), or a tqdm-like callable used as
-            `progress(batches, total=n_batches)` (e.g. `functools.partial(tqdm, desc="embed")`).
+        progress: None, True (a progress bar) or progress(images_done, images) (the shared
+            protocol, `fastviz.progress`). A tqdm class or partial (the old form) still gives a
+            bar, with a DeprecationWarning.
 
     Returns:
         `Features(features (N, D), predictions (N,) or None, images (N, 3, t, t), names, paths)`.
@@ -223,19 +223,14 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
     checks.device(device)
     if layer is not None:
         m.layer(layer)
-    if progress is not None and progress is not True and progress is not False and not callable(progress):
-        raise FastvizError(f"progress: expected None, True or a tqdm-like callable, got {progress!r:.60}")
+    progress = _bar_factory_is_a_bar(checks.progress(progress))
     size = m.input_size[0] if m.input_size else 224
     n, get, names, paths = _source(images_or_folder, size, m)
     steps = range(0, n, batch_size)
-    if progress is True:
-        from tqdm import tqdm
-        progress = tqdm
-    if progress:
-        steps = progress(steps, total=len(steps))
     feats, preds, thumbs = [], [], []
     try:
-        with on_device(m, device) as dev, session(m) as s, torch.no_grad():
+        with on_device(m, device) as dev, session(m) as s, torch.no_grad(), \
+                reporter(progress, n, unit="image", desc="features") as rep:
             fc = _classifier(m) if layer is None else None
             for i in steps:
                 x = get(i, i + batch_size).to(dev, torch.float32)
@@ -250,6 +245,7 @@ def features(model: Model | nn.Module, images_or_folder, layer: str | None = Non
                 feats.append(f.float())
                 thumbs.append(F.interpolate(x, size=(thumbnail, thumbnail), mode="bilinear",
                                             antialias=True, align_corners=False).clamp(0, 1))
+                rep.update(min(i + batch_size, n))
             out = Features(torch.cat(feats).cpu(), torch.cat(preds).cpu() if preds else None,
                            torch.cat(thumbs).cpu(), names, paths)
     except RuntimeError as e:

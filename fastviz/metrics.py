@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from . import checks
-from .attribution import prepare
 from .errors import FastvizError
+from .explain import check_logits, prepare, resolve_targets
 from .hooks import session
 from .models import Model
-from .targets import class_targets, positive_int
+from .targets import positive_int
 
 __all__ = ["CurveResult", "ROADResult", "deletion", "insertion", "road", "pixel_ranks", "mix",
            "removed_count", "noisy_linear_impute"]
@@ -62,24 +62,17 @@ def _check_score(score: str) -> str:
 @torch.no_grad()
 def _scores(m: Model, rows: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
     """(N,) probability or logit of each row's target class: one forward."""
-    logits = m(rows)
-    if logits.dim() != 2:
-        raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
+    logits = check_logits(m(rows))
     out = logits.float().softmax(1) if score == "probability" else logits.float()
     return out.gather(1, targets[:, None]).squeeze(1)
 
 
 @torch.no_grad()
 def classes_to_explain(m: Model, x: torch.Tensor, target) -> torch.Tensor:
-    """(B,) classes on x's device: the given ones, or each clean image's top-1."""
-    logits = m(x)
-    if logits.dim() != 2:
-        raise FastvizError(f"model: expected logits (B, classes), got {tuple(logits.shape)}")
-    t = class_targets(target, x.shape[0], m.num_classes or logits.shape[1])
-    return logits.argmax(1) if t is None else t.to(x.device)
+    """(B,) classes on x's device: the given ones, or each clean image's top-1 (one forward)."""
+    return resolve_targets(m, m(x), target)
 
 
-# -- perturbations -----------------------------------------------------------------------------
 def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
     """Rank of every pixel by relevance: 0 = most relevant; ties keep raster order.
 
@@ -213,10 +206,10 @@ class CurveResult:
     targets: torch.Tensor
 
 
-def _curve(model, x, maps, target, steps, score, batch_size, start_fn, end_fn) -> CurveResult:
+def _curve(model, x, maps, target, points, score, batch_size, start_fn, end_fn) -> CurveResult:
     m, x = prepare(model, x)
     maps = _check_maps(maps, x)
-    steps = checks.positive_int(steps, "steps", high=100_000)
+    steps = checks.positive_int(points, "points", high=100_000)
     batch_size = positive_int(batch_size, "batch_size")
     score = _check_score(score)
     B, _, H, W = x.shape
@@ -248,11 +241,11 @@ def _substrate(value, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise FastvizError(f"{name}: expected 'blur' or a pixel value in [0, 1], got {value!r}")
 
 
-def deletion(model, x, maps, target=None, steps: int = 50, substrate: float | str = 0.0,
-             score: str = "probability", batch_size: int = 64) -> CurveResult:
+def deletion(model, x, maps, *, target=None, points: int = 50, substrate: float | str = 0.0,
+             score: str = "probability", batch_size: int = 64, steps: int | None = None) -> CurveResult:
     """RISE deletion (Petsiuk et al. 2018): the target's score as the most relevant pixels go.
 
-    Step s replaces the round(s / steps * H * W) most relevant pixels (all channels) by the
+    Point s replaces the round(s / points * H * W) most relevant pixels (all channels) by the
     substrate; lower AUC = a more faithful map.
 
     Args:
@@ -260,33 +253,37 @@ def deletion(model, x, maps, target=None, steps: int = 50, substrate: float | st
         x: (B, 3, H, W) images in [0, 1].
         maps: (B, H, W) relevance (or (B, C, H, W), reduced to max |.| over channels).
         target: class per image, or None for each clean image's top-1.
-        steps: points of the curve after the first (steps + 1 forwards per image).
+        points: points of the curve after the first (points + 1 forwards per image).
         substrate: what a deleted pixel becomes: a value in [0, 1] (default 0, black) or "blur".
         score: "probability" (softmax, RISE's) or "logit".
-        batch_size: perturbed images per forward.
+        batch_size: perturbed images per forward (64: forward only, no activations kept for a
+            backward, so twice the gradient methods' 32 fits the same memory).
+        steps: the old name of `points` (deprecated: in fastviz `steps` are optimisation steps).
 
     Returns:
-        `CurveResult`: auc (B,), curve (B, steps + 1), fractions (steps + 1,), targets (B,).
+        `CurveResult`: auc (B,), curve (B, points + 1), fractions (points + 1,), targets (B,).
 
     Example:
         >>> x = load_images(sample_images()["chelsea"]); m = load_model()
-        >>> deletion(m, x, saliency(m, x), steps=20).curve.shape
+        >>> deletion(m, x, saliency(m, x), points=20).curve.shape
         torch.Size([1, 21])
     """
-    return _curve(model, x, maps, target, steps, score, batch_size,
+    points = checks.renamed(steps, points, "steps", "points", 50)
+    return _curve(model, x, maps, target, points, score, batch_size,
                   lambda x: x, _substrate(substrate, "substrate"))
 
 
-def insertion(model, x, maps, target=None, steps: int = 50, substrate: float | str = "blur",
-              score: str = "probability", batch_size: int = 64) -> CurveResult:
+def insertion(model, x, maps, *, target=None, points: int = 50, substrate: float | str = "blur",
+               score: str = "probability", batch_size: int = 64, steps: int | None = None) -> CurveResult:
     """RISE insertion: the target's score as the most relevant pixels come back onto a blurred image.
 
-    Step s puts the round(s / steps * H * W) most relevant pixels of the image onto the substrate
-    (default: Gaussian blur, kernel 11, sigma 5); higher AUC = a more faithful map.
+    Point s puts the round(s / points * H * W) most relevant pixels of the image onto the
+    substrate (default: Gaussian blur, kernel 11, sigma 5); higher AUC = a more faithful map.
 
     Args and Returns: as `deletion`.
     """
-    return _curve(model, x, maps, target, steps, score, batch_size,
+    points = checks.renamed(steps, points, "steps", "points", 50)
+    return _curve(model, x, maps, target, points, score, batch_size,
                   _substrate(substrate, "substrate"), lambda x: x)
 
 
@@ -336,7 +333,7 @@ def road_images(x: torch.Tensor, maps: torch.Tensor, percentiles: Sequence[float
     return torch.from_numpy(out)
 
 
-def road(model, x, maps, percentiles: Sequence[float] = range(10, 100, 10), target=None,
+def road(model, x, maps, *, percentiles: Sequence[float] = range(10, 100, 10), target=None,
          noise: float = 0.005, score: str = "probability", seed: int | None = 0,
          batch_size: int = 64) -> ROADResult:
     """ROAD, RemOve And Debias (Rong et al. 2022): remove pixels, impute them, score the class.

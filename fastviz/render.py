@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checks, engine
-from .attribution import prepare
+from .explain import prepare
 from .engine import Render
 from .errors import FastvizError
 from .hooks import on_device, session  # on_device: kept importable from here

@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from . import checks
-from .attribution import prepare
 from .errors import FastvizError
+from .explain import prepare, resolve_targets
 from .hooks import session
-from .metrics import classes_to_explain
 from .models import Model
 
 __all__ = ["RandomizationResult", "randomization_check", "spearman", "default_stages", "map_method",
@@ -118,7 +117,7 @@ class RandomizationResult:
     targets: torch.Tensor
 
 
-def randomization_check(model, x, method="guided_backprop", target=None,
+def randomization_check(model, x, method="guided_backprop", *, target=None,
                         stages: Sequence[str] | None = None, seed: int = 0) -> RandomizationResult:
     """Cascading model-parameter randomisation (Adebayo et al. 2018, "Sanity Checks").
 
@@ -156,8 +155,8 @@ def randomization_check(model, x, method="guided_backprop", target=None,
                 m.layer(n)
             except FastvizError as e:
                 raise FastvizError(f"stages: {e}") from None
-    with session(m):
-        targets = classes_to_explain(m, x, target)
+    with session(m), torch.no_grad():
+        targets = resolve_targets(m, m(x), target)
 
     def draw(model_):
         out = fn(model_, x, targets)

@@ -146,14 +146,14 @@ def _cases() -> list[Case]:
     for f in ("saliency", "guided_backprop", "gradient", "gradcam", "guided_gradcam", "layercam", "scorecam",
               "smoothgrad", "integrated_gradients", "deconvnet", "input_x_gradient"):
         fn = getattr(fv, f)
-        kw = {"smoothgrad": {"n": 2}, "integrated_gradients": {"steps": 2}}.get(f, {})
+        kw = {"smoothgrad": {"n": 2}, "integrated_gradients": {"points": 2}}.get(f, {})
         add(f, "x", "images", lambda m, v, fn=fn, kw=kw: fn(m, v, **kw), images)
         add(f, "target", "class", lambda m, v, fn=fn, kw=kw: fn(m, X, v, **kw))
     add("neuron_gradient", "x", "images", lambda m, v: fv.neuron_gradient(m, v, fv.Neuron(LAYER, 1)), images)
     add("neuron_gradient", "neuron", "type", lambda m, v: fv.neuron_gradient(m, X, v),
         st.one_of(st.integers(), st.text(max_size=3), st.none(), st.just((LAYER, 1))))
     add("neuron_gradient", "guided", "bool", lambda m, v: fv.neuron_gradient(m, X, fv.Neuron(LAYER, 1), guided=v))
-    add("gradient", "guided_relu", "bool", lambda m, v: fv.gradient(m, X, guided_relu=v))
+    add("gradient", "guided", "bool", lambda m, v: fv.gradient(m, X, guided=v))
     for f in ("gradcam", "guided_gradcam", "layercam", "scorecam"):
         fn = getattr(fv, f)
         add(f, "layer", "layer", lambda m, v, fn=fn: fn(m, X, layer=v))
@@ -167,13 +167,13 @@ def _cases() -> list[Case]:
     add("smoothgrad", "batch_size", "batch", lambda m, v: fv.smoothgrad(m, X, n=2, batch_size=v))
     add("smoothgrad", "seed", "seed", lambda m, v: fv.smoothgrad(m, X, n=2, seed=v),
         BAD["seed"].filter(lambda v: v is not None))
-    add("integrated_gradients", "steps", "pos_int", lambda m, v: fv.integrated_gradients(m, X, steps=v))
-    add("integrated_gradients", "method", "choice", lambda m, v: fv.integrated_gradients(m, X, steps=2, method=v),
+    add("integrated_gradients", "points", "pos_int", lambda m, v: fv.integrated_gradients(m, X, points=v))
+    add("integrated_gradients", "method", "choice", lambda m, v: fv.integrated_gradients(m, X, points=2, method=v),
         st.one_of(st.text(max_size=8), st.integers(), st.none()))
-    add("integrated_gradients", "spacing", "choice", lambda m, v: fv.integrated_gradients(m, X, steps=2, spacing=v),
+    add("integrated_gradients", "spacing", "choice", lambda m, v: fv.integrated_gradients(m, X, points=2, spacing=v),
         st.one_of(st.text(max_size=8), st.integers(), st.none()))
-    add("integrated_gradients", "batch_size", "batch", lambda m, v: fv.integrated_gradients(m, X, steps=2, batch_size=v))
-    add("integrated_gradients", "baseline", "images", lambda m, v: fv.integrated_gradients(m, X, steps=2, baseline=v),
+    add("integrated_gradients", "batch_size", "batch", lambda m, v: fv.integrated_gradients(m, X, points=2, batch_size=v))
+    add("integrated_gradients", "baseline", "images", lambda m, v: fv.integrated_gradients(m, X, points=2, baseline=v),
         st.one_of(NAN_INF, st.text(min_size=1, max_size=3), st.just(torch.full((3, SIZE, SIZE), math.nan)),
                   st.just(torch.rand(3, 5, 5)), st.just(torch.rand(3, 1, 1).expand(3, 10 ** 5, 10 ** 5)),
                   st.just(torch.zeros(3, SIZE, SIZE, dtype=torch.long))))
@@ -184,7 +184,7 @@ def _cases() -> list[Case]:
                          st.just(torch.full((B, SIZE, SIZE), math.nan)),
                          st.just(torch.zeros(B, SIZE, SIZE, dtype=torch.complex64)))
     bad_score = st.one_of(st.text(max_size=8), st.integers(), st.none())
-    for f, kw in (("deletion", {"steps": 2}), ("insertion", {"steps": 2}), ("road", {"percentiles": [50]})):
+    for f, kw in (("deletion", {"points": 2}), ("insertion", {"points": 2}), ("road", {"percentiles": [50]})):
         fn = getattr(fv, f)
         add(f, "x", "images", lambda m, v, fn=fn, kw=kw: fn(m, v, MAPS, **kw), images)
         add(f, "maps", "tensor", lambda m, v, fn=fn, kw=kw: fn(m, X, v, **kw), bad_maps)
@@ -194,8 +194,8 @@ def _cases() -> list[Case]:
             BAD["batch"].filter(lambda v: v is not None))
     for f in ("deletion", "insertion"):
         fn = getattr(fv, f)
-        add(f, "steps", "pos_int", lambda m, v, fn=fn: fn(m, X, MAPS, steps=v))
-        add(f, "substrate", "float", lambda m, v, fn=fn: fn(m, X, MAPS, steps=2, substrate=v),
+        add(f, "points", "pos_int", lambda m, v, fn=fn: fn(m, X, MAPS, points=v))
+        add(f, "substrate", "float", lambda m, v, fn=fn: fn(m, X, MAPS, points=2, substrate=v),
             st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1 + 1e-9), NAN_INF, st.booleans(),
                       st.text(max_size=5).filter(lambda s: s != "blur"), st.none(), st.just(object())))
     add("road", "percentiles", "floats", lambda m, v: fv.road(m, X, MAPS, percentiles=v),

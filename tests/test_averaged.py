@@ -65,7 +65,7 @@ def test_ig_linear_net_is_exact(method, spacing):
     net = linear_net()
     x = torch.rand(3, 3, 6, 5)
     base = torch.rand(3, 6, 5)
-    r = integrated_gradients(net, x, target=[0, 1, 3], baseline=base, steps=5, method=method,
+    r = integrated_gradients(net, x, target=[0, 1, 3], baseline=base, points=5, method=method,
                              batch_size=4, spacing=spacing)  # 15 rows in 4 chunks
     want = torch.stack([(x[i] - base) * linear_gradient(net, c) for i, c in enumerate((0, 1, 3))])
     torch.testing.assert_close(r.attributions, want, rtol=1e-5, atol=1e-6)
@@ -88,7 +88,7 @@ def test_ig_quadratic_net_follows_each_rule(method, alphas, weights):
     base = torch.rand(2, 3, 4, 4)
     w = net.w.detach()[1].view(3, 4, 4)
     path = sum(wk * 2 * w * (base + a * (x - base)) for a, wk in zip(alphas, weights))
-    r = integrated_gradients(net, x, target=1, baseline=base, steps=4, method=method, batch_size=3,
+    r = integrated_gradients(net, x, target=1, baseline=base, points=4, method=method, batch_size=3,
                              spacing="uniform")
     torch.testing.assert_close(r.attributions, (x - base) * path, rtol=1e-5, atol=1e-6)
     # The gradient is linear in alpha: the midpoint and trapezoid rules integrate it exactly.
@@ -108,7 +108,7 @@ def test_ig_cubic_spacing_is_the_rule_in_t():
     x, base = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
     w = net.w.detach()[0].view(3, 4, 4)
     path = 1 / 3 * 2 * w * (base + (x - base) / 8) + 2 / 3 * 2 * w * x
-    r = integrated_gradients(net, x, target=0, baseline=base, steps=3)
+    r = integrated_gradients(net, x, target=0, baseline=base, points=3)
     torch.testing.assert_close(r.attributions, (x - base) * path, rtol=1e-5, atol=1e-6)
 
 
@@ -165,7 +165,7 @@ def test_smoothgrad_chunked_equals_unchunked(lite0, cat_coffee, snapshot):
 def test_ig_real_equals_loop(lite0, cat_coffee, snapshot):
     snap = snapshot(lite0.module)
     steps = 4
-    r = integrated_gradients(lite0, cat_coffee, target=[285, 967], steps=steps, baseline=0.5,
+    r = integrated_gradients(lite0, cat_coffee, target=[285, 967], points=steps, baseline=0.5,
                              method="riemann_middle", batch_size=3, spacing="uniform")  # 3 chunks
     snap.assert_unchanged()
     base = torch.full((1, 3, 224, 224), 0.5)
@@ -185,7 +185,7 @@ def test_ig_completeness_on_the_real_model(lite0, cat_coffee, snapshot):
     # 2 x 64 gradient evaluations, black baseline, trapezoid in t with cubic spacing. Measured:
     # ~1% of the score difference (uniform spacing: 8-24%). docs/attribution_more.md has the table.
     snap = snapshot(lite0.module)
-    r = integrated_gradients(lite0, cat_coffee, steps=64)
+    r = integrated_gradients(lite0, cat_coffee, points=64)
     relative = r.completeness_error / r.score_difference.abs()
     print("IG n=64 completeness error", r.completeness_error.tolist(), "relative", relative.tolist())
     assert float(relative.max()) < 0.03
@@ -200,8 +200,8 @@ BAD = [
     (lambda m, x: smoothgrad(m, x, noise=-0.1), "noise"),
     (lambda m, x: smoothgrad(m, x, batch_size=0), "batch_size"),
     (lambda m, x: smoothgrad(m, x, seed=1.5), "seed"),
-    (lambda m, x: integrated_gradients(m, x, steps=0), "steps"),
-    (lambda m, x: integrated_gradients(m, x, steps=1, method="trapezoid"), "steps"),
+    (lambda m, x: integrated_gradients(m, x, points=0), "points"),
+    (lambda m, x: integrated_gradients(m, x, points=1, method="trapezoid"), "points"),
     (lambda m, x: integrated_gradients(m, x, method="simpson"), "method"),
     (lambda m, x: integrated_gradients(m, x, spacing="log"), "spacing"),
     (lambda m, x: integrated_gradients(m, x, target=[1, 2]), "target"),
@@ -226,7 +226,7 @@ def test_calls_leave_the_model_as_it_came(lite0, cat_coffee, snapshot):
     try:
         snap = snapshot(net)
         smoothgrad(lite0, cat_coffee[:1], n=2, seed=0)
-        integrated_gradients(lite0, cat_coffee[:1], steps=2, baseline=0.0)
+        integrated_gradients(lite0, cat_coffee[:1], points=2, baseline=0.0)
         snap.assert_unchanged()
     finally:
         net._blocks[2].eval()

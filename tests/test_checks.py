@@ -196,7 +196,7 @@ def test_uint8_images_are_divided_by_255(m):
 def test_bad_images_are_refused_fast(m, snapshot, bad, match):
     snap = snapshot(m.module)
     x = bad(X)
-    for call in (lambda: fv.predict(m, x), lambda: fv.integrated_gradients(m, x, steps=2),
+    for call in (lambda: fv.predict(m, x), lambda: fv.integrated_gradients(m, x, points=2),
                  lambda: fv.gradcam(m, x), lambda: fv.deepdream(m, x, "features.2")):
         t = time.perf_counter()
         msg = raises(call, "x" if call.__code__.co_names[-1] != "deepdream" else "photo")

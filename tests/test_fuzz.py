@@ -141,7 +141,7 @@ def test_good_attribution_arguments_run(spec, target, seed):
     assert fv.saliency(_MODEL, x, target).shape == (b, h, w)
     assert fv.gradcam(_MODEL, x, target, layer=LAYER).shape == (b, h, w)
     assert fv.smoothgrad(_MODEL, x, target, n=2, seed=seed).shape == (b, h, w)
-    r = fv.integrated_gradients(_MODEL, x, target, steps=2, method="riemann_left")
+    r = fv.integrated_gradients(_MODEL, x, target, points=2, method="riemann_left")
     assert r.attributions.shape == (b, 3, h, w) and bool(r.attributions.isfinite().all())
     assert len(fv.predict(_MODEL, x, k=2)) == b
     assert not state.changed()

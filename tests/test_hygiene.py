@@ -57,7 +57,7 @@ CALLS += [
     ("scorecam", lambda m: fv.scorecam(m, X, layer="features.3", batch_size=3)),
     ("layercam", lambda m: fv.layercam(m, X)),
     ("smoothgrad", lambda m: fv.smoothgrad(m, X, n=3, batch_size=4)),
-    ("integrated_gradients", lambda m: fv.integrated_gradients(m, X, steps=4, batch_size=3)),
+    ("integrated_gradients", lambda m: fv.integrated_gradients(m, X, points=4, batch_size=3)),
     ("filters", lambda m: fv.filters(m)),
     ("filter_grid", lambda m: fv.filter_grid(m)),
     ("embed", lambda m: fv.embed(m, torch.rand(6, 3, 32, 32), method="pca")),
@@ -106,8 +106,8 @@ MAPS = torch.rand(2, 32, 32)
 CALLS += [
     ("deconvnet", lambda m: fv.deconvnet(m, X, [1, 2])),
     ("input_x_gradient", lambda m: fv.input_x_gradient(m, X)),
-    ("deletion", lambda m: fv.deletion(m, X, MAPS, steps=3)),
-    ("insertion", lambda m: fv.insertion(m, X, MAPS, steps=3)),
+    ("deletion", lambda m: fv.deletion(m, X, MAPS, points=3)),
+    ("insertion", lambda m: fv.insertion(m, X, MAPS, points=3)),
     ("road", lambda m: fv.road(m, X, MAPS, percentiles=[30, 70])),
     ("randomization_check", lambda m: fv.randomization_check(m, X, "guided_backprop")),
 ]

@@ -110,7 +110,7 @@ def expected_curve(model, start, end, maps, c, steps):
 def test_deletion_of_a_linear_model_is_its_cumulative_contribution():
     model, x = linear_model(), torch.rand(2, 3, H, W)
     maps = contributions(model, x, 1)
-    r = fv.deletion(model, x, maps, target=1, steps=16, score="logit", batch_size=7)
+    r = fv.deletion(model, x, maps, target=1, points=16, score="logit", batch_size=7)
     # Closed form: removing a pixel to 0 subtracts exactly its contribution.
     k = (torch.linspace(0, 1, 17) * H * W).round().long()
     cum = torch.cat([torch.zeros(2, 1), maps.flatten(1).sort(1, descending=True).values.cumsum(1)], 1)
@@ -120,7 +120,7 @@ def test_deletion_of_a_linear_model_is_its_cumulative_contribution():
     assert torch.allclose(r.auc, torch.trapezoid(r.curve, dx=1 / 16, dim=1))
     assert r.curve.shape == (2, 17) and r.targets.tolist() == [1, 1]
     # The contribution map is the most faithful ordering: it beats its reverse and a random one.
-    worse = fv.deletion(model, x, -maps, target=1, steps=16, score="logit")
+    worse = fv.deletion(model, x, -maps, target=1, points=16, score="logit")
     assert (r.auc < worse.auc - 0.1).all()
 
 
@@ -128,17 +128,17 @@ def test_insertion_of_a_linear_model_adds_contributions_onto_the_blur():
     model, x = linear_model(1), torch.rand(2, 3, H, W)
     blur = M._blur(x)
     maps = contributions(model, x - blur, 2)
-    r = fv.insertion(model, x, maps, target=2, steps=8, score="logit")
+    r = fv.insertion(model, x, maps, target=2, points=8, score="logit")
     assert torch.allclose(r.curve, expected_curve(model, blur, x, maps, 2, 8), atol=1e-5)
     assert torch.allclose(r.curve[:, 0], model.module(blur)[:, 2].detach(), atol=1e-5)
     assert torch.allclose(r.curve[:, -1], model.module(x)[:, 2].detach(), atol=1e-5)
-    assert (r.auc > fv.insertion(model, x, -maps, target=2, steps=8, score="logit").auc + 0.1).all()
+    assert (r.auc > fv.insertion(model, x, -maps, target=2, points=8, score="logit").auc + 0.1).all()
 
 
 def test_probability_curves_and_top1_targets():
     model, x = linear_model(2), torch.rand(3, 3, H, W)
     maps = torch.rand(3, H, W)
-    r = fv.deletion(model, x, maps, steps=4, substrate=0.5)
+    r = fv.deletion(model, x, maps, points=4, substrate=0.5)
     top = model.module(x).argmax(1)
     assert r.targets.tolist() == top.tolist()
     p0 = model.module(x).softmax(1).gather(1, top[:, None]).squeeze(1).detach()

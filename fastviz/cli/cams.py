@@ -58,7 +58,7 @@ def compute(model, x, method: str, target, args):
     if method == "smoothgrad":
         return averaged.smoothgrad(model, x, target, n=args.n, noise=args.noise, squared=args.squared,
                                    batch_size=args.chunk, seed=args.seed), None
-    r = averaged.integrated_gradients(model, x, target, baseline=args.baseline, steps=args.steps,
+    r = averaged.integrated_gradients(model, x, target, baseline=args.baseline, points=args.steps,
                                       method=args.method, batch_size=args.chunk, spacing=args.spacing)
     notes = [f"completeness error {e:.4f} of score difference {d:.4f}"
              for e, d in zip(r.completeness_error.tolist(), r.score_difference.tolist())]

@@ -72,8 +72,8 @@ def evaluate(model, files: list[Path], methods: list[str], steps: int = 50, perc
             _sync(model.device)
             ms += (time.perf_counter() - t) * 1e3
             n += x.shape[0]
-            dele.append(metrics.deletion(model, x, maps, steps=steps))
-            ins.append(metrics.insertion(model, x, maps, steps=steps))
+            dele.append(metrics.deletion(model, x, maps, points=steps))
+            ins.append(metrics.insertion(model, x, maps, points=steps))
             if percentiles:
                 road.append(metrics.road(model, x, maps, percentiles=percentiles))
             if len(rand_x) * batch_size < rand_images:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
 
 from .. import embedding, image, inspection
 from .common import add_model_args, add_out_arg, model_from_args, out_dir, slug
@@ -55,9 +53,8 @@ def run_embed(args) -> int:
         images, sources, names = demo_set(per_photo=args.per_photo)
     else:
         images = args.paths
-    bar = partial(tqdm, desc=f"features ({model.name})", unit="batch")
-    e = embedding.embed(model, images, args.method, args.layer, args.batch_size, perplexity=args.perplexity,
-                         seed=args.seed, progress=bar, names=names)
+    e = embedding.embed(model, images, method=args.method, layer=args.layer, batch_size=args.batch_size,
+                        perplexity=args.perplexity, seed=args.seed, progress=True, names=names)
     out = out_dir(args.out)
     stem = f"{args.method}_{slug(model.name)}" + ("_demo" if demo else "")
     written = [image.save_image(e.thumbnail_map(cell=args.cell), out / f"{stem}_map.png"),
