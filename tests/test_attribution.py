@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import fastviz as fv
+from tiny_net import H, W, linear_model
 
 
 class OneByOne(nn.Module):
@@ -197,3 +198,46 @@ def test_guided_backprop_on_torchvision_nets_with_inplace_relus(name):
     plain, _ = fv.gradient(m, x, 3)
     assert g.shape == (1, 3, 224, 224) and float(g.abs().sum()) > 0
     assert float((g - plain).abs().sum()) > 0.01 * float(plain.abs().sum())
+
+
+def test_deconvnet_passes_relu_of_the_gradient_whatever_the_input():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    model = fv.Model(net)
+    w1, w2 = net[1].weight.detach(), net[3].weight.detach()
+    want = (w2[1].clamp(min=0) @ w1).view(3, 2, 2)  # relu(W2^T e_1) back through W1
+    for x in (torch.rand(2, 3, 2, 2), -torch.rand(2, 3, 2, 2)):
+        g = fv.deconvnet(model, x, target=1)
+        assert torch.allclose(g, want.expand(2, 3, 2, 2), atol=1e-6)
+    assert net[2].inplace
+
+
+def test_input_x_gradient_is_the_image_times_the_gradient():
+    model, x = linear_model(6), torch.rand(2, 3, H, W)
+    w = model.module[1].weight[[0, 2]].view(2, 3, H, W)
+    assert torch.allclose(fv.input_x_gradient(model, x, [0, 2]), x * w, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["deconvnet", "input_x_gradient"])
+def test_deconvnet_and_input_x_gradient_equal_captums_on_resnet18(name):
+    captum_attr = pytest.importorskip("captum.attr", reason="captum (dev extra) not installed")
+    torch.manual_seed(0)
+    model = fv.load_model("resnet18", weights=None)
+
+    class Normalised(nn.Module):  # captum sees the same [0, 1] input and the same ReLU modules
+        def __init__(self):
+            super().__init__()
+            self.net = model.module
+
+        def forward(self, x):
+            return self.net(model.normalize(x))
+
+    x = torch.rand(2, 3, 64, 64)
+    peer = {"deconvnet": captum_attr.Deconvolution, "input_x_gradient": captum_attr.InputXGradient}[name]
+    with pytest.warns(UserWarning):
+        theirs = peer(Normalised()).attribute(x.clone(), target=[3, 7])
+    ours = getattr(fv, name)(model, x, [3, 7])
+    assert ours.abs().amax() > 1e-3
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    if name == "deconvnet":
+        assert not torch.allclose(ours, fv.guided_backprop(model, x, [3, 7]), atol=1e-3)

@@ -1,8 +1,7 @@
-"""Faithfulness metrics, the randomisation check, deconvnet and input x gradient.
+"""Faithfulness metrics (fastviz/metrics.py): deletion, insertion, ROAD.
 
 Closed forms on hand-built networks (a linear model's deletion and insertion curves are sums of
-its per-pixel contributions), the perturbations alone, and the peers: captum's Deconvolution and
-InputXGradient, pytorch-grad-cam's ROAD.
+its per-pixel contributions), the perturbations alone, and the peer: pytorch-grad-cam's ROAD.
 """
 
 from __future__ import annotations
@@ -10,26 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import fastviz as fv
 from fastviz import metrics as M
-from fastviz import sanity as S
 
-H = W = 8
-
-
-def linear_model(seed=0, classes=3, size=H):
-    """logit_c(x) = sum_{k, y, x} w[c, k, y, x] x[k, y, x] + b_c, on [0, 1] images as they are."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, classes))
-    return fv.Model(net, input_size=size)
-
-
-def contributions(model, x, c):
-    """(B, H, W) per-pixel contribution to logit c: sum over channels of w * x."""
-    w = model.module[1].weight[c].view(3, x.shape[2], x.shape[3])
-    return (w * x).sum(1).detach()
+from tiny_net import H, W, contributions, linear_model
 
 
 # -- the perturbations alone ----------------------------------------------------------------------
@@ -81,16 +65,6 @@ def test_imputation_of_one_pixel_is_the_weighted_mean_of_its_neighbours():
     removed[0, 0] = True  # a corner: only 3 neighbours, weights renormalised
     want = (img[0, 0, 1] / 6 + img[0, 1, 0] / 6 + img[0, 1, 1] / 12) / (5 / 12)
     assert M.noisy_linear_impute(img, removed)[0, 0, 0] == pytest.approx(want)
-
-
-def test_spearman_matches_scipy_with_ties():
-    from scipy.stats import spearmanr
-
-    a = torch.rand(3, 40)
-    b = a + 0.5 * torch.rand(3, 40)
-    b[:, :10] = 0  # ties
-    want = [spearmanr(a[i], b[i]).statistic for i in range(3)]
-    assert S.spearman(a, b).numpy() == pytest.approx(want, abs=1e-12)
 
 
 # -- deletion and insertion: closed forms on a linear model ----------------------------------------
@@ -176,7 +150,6 @@ def test_road_ranks_a_faithful_map_above_its_reverse():
     assert good.combined.item() > bad.combined.item() + 0.05
 
 
-
 @pytest.mark.parametrize("score", ["logit", "probability"])
 def test_road_agrees_with_pytorch_grad_cam(score):
     pytest.importorskip("pytorch_grad_cam", reason="pytorch-grad-cam (dev extra) not installed")
@@ -202,94 +175,6 @@ def test_road_agrees_with_pytorch_grad_cam(score):
             assert ours[:, j].numpy() == pytest.approx(theirs, rel=1e-4, abs=1e-6)
 
 
-# -- the randomisation check -------------------------------------------------------------------------
-class Small(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                                      nn.ReLU())
-        self.fc = nn.Linear(8 * H * W, 4)
-
-    def forward(self, x):
-        return self.fc(self.features(x).flatten(1))
-
-
-def test_randomization_leaves_the_model_and_tracks_the_gradient():
-    torch.manual_seed(0)
-    model = fv.Model(Small(), input_size=H)
-    before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    x = torch.rand(2, 3, H, W)
-    r = fv.randomization_check(model, x, "saliency", target=[1, 2])
-    assert r.stages == ["fc", "features.2", "features.0"]
-    assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
-    assert r.similarity.shape == (2, 3) and r.randomized.shape == (2, 3, H, W)
-    assert torch.allclose(r.original, fv.saliency(model, x, [1, 2]))
-    # With every layer re-drawn the gradient is another network's: near-zero rank correlation.
-    assert (r.similarity[:, -1].abs() < 0.5).all()
-
-
-def test_a_map_that_ignores_the_model_stays_identical():
-    torch.manual_seed(0)
-    model = fv.Model(Small(), input_size=H)
-    x = torch.rand(2, 3, H, W)
-    r = fv.randomization_check(model, x, lambda m, x, t: x.mean(1) + 0 * t[:, None, None])
-    assert torch.allclose(r.similarity, torch.ones(2, 3, dtype=torch.float64))
-
-
-def test_a_linear_models_saliency_after_randomisation_is_the_new_weights():
-    model, x = linear_model(5), torch.rand(1, 3, H, W)
-    r = fv.randomization_check(model, x, "saliency", target=0, seed=3)
-    torch.manual_seed(3)
-    fresh = nn.Linear(3 * H * W, 3)
-    new = fresh.weight[0].view(3, H, W).abs().amax(0).detach()
-    assert torch.allclose(r.randomized[0, 0], new)
-    assert r.similarity[0, 0] == pytest.approx(S.spearman(r.original, new[None]).item())
-
-
-# -- deconvnet and input x gradient ---------------------------------------------------------------
-def test_deconvnet_passes_relu_of_the_gradient_whatever_the_input():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
-    model = fv.Model(net)
-    w1, w2 = net[1].weight.detach(), net[3].weight.detach()
-    want = (w2[1].clamp(min=0) @ w1).view(3, 2, 2)  # relu(W2^T e_1) back through W1
-    for x in (torch.rand(2, 3, 2, 2), -torch.rand(2, 3, 2, 2)):
-        g = fv.deconvnet(model, x, target=1)
-        assert torch.allclose(g, want.expand(2, 3, 2, 2), atol=1e-6)
-    assert net[2].inplace
-
-
-def test_input_x_gradient_is_the_image_times_the_gradient():
-    model, x = linear_model(6), torch.rand(2, 3, H, W)
-    w = model.module[1].weight[[0, 2]].view(2, 3, H, W)
-    assert torch.allclose(fv.input_x_gradient(model, x, [0, 2]), x * w, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["deconvnet", "input_x_gradient"])
-def test_deconvnet_and_input_x_gradient_equal_captums_on_resnet18(name):
-    captum_attr = pytest.importorskip("captum.attr", reason="captum (dev extra) not installed")
-    torch.manual_seed(0)
-    model = fv.load_model("resnet18", weights=None)
-
-    class Normalised(nn.Module):  # captum sees the same [0, 1] input and the same ReLU modules
-        def __init__(self):
-            super().__init__()
-            self.net = model.module
-
-        def forward(self, x):
-            return self.net(model.normalize(x))
-
-    x = torch.rand(2, 3, 64, 64)
-    peer = {"deconvnet": captum_attr.Deconvolution, "input_x_gradient": captum_attr.InputXGradient}[name]
-    with pytest.warns(UserWarning):
-        theirs = peer(Normalised()).attribute(x.clone(), target=[3, 7])
-    ours = getattr(fv, name)(model, x, [3, 7])
-    assert ours.abs().amax() > 1e-3
-    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
-    if name == "deconvnet":
-        assert not torch.allclose(ours, fv.guided_backprop(model, x, [3, 7]), atol=1e-3)
-
-
 # -- errors -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("call,match", [
     (lambda m, x: fv.deletion(m, x, torch.rand(2, 4, 4)), "maps"),
@@ -303,46 +188,3 @@ def test_deconvnet_and_input_x_gradient_equal_captums_on_resnet18(name):
 def test_errors_name_the_argument(call, match):
     with pytest.raises(fv.FastvizError, match=match):
         call(linear_model(), torch.rand(2, 3, H, W))
-
-
-# -- the command line ------------------------------------------------------------------------------
-def test_evaluate_writes_table_json_and_curves(photos, tmp_path, capsys):
-    import json
-
-    from fastviz.cli import main
-
-    out = tmp_path / "report"
-    assert main(["evaluate", str(photos["chelsea"]), str(photos["coffee"]), "--methods", "saliency", "guided",
-                 "--steps", "4", "--percentiles", "30", "70", "--rand-images", "1", "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    for name in ("saliency", "guided"):
-        e = report["methods"][name]
-        assert 0 < e["deletion_auc"] < 1 and 0 < e["insertion_auc"] < 1 and e["ms_per_image"] > 0
-        assert len(e["curves"]["deletion"]) == 5 and len(e["per_image"]["road_combined"]) == 2
-        assert len(e["curves"]["randomization_similarity"]) == 21  # Lite0's stages
-        assert e["curves"]["deletion"][0] > e["curves"]["deletion"][-1]  # the cat goes with its pixels
-    assert "| guided |" in (out / "report.md").read_text() and (out / "curves.png").stat().st_size > 0
-    assert main(["evaluate", str(photos["chelsea"]), "--methods", "occlusion"]) == 2
-    assert "method: expected one of" in capsys.readouterr().err
-
-
-def test_deconvnet_and_input_x_gradient_commands(photos, tmp_path):
-    from fastviz.cli import main
-
-    assert main(["deconvnet", str(photos["coffee"]), "--out", str(tmp_path / "d")]) == 0
-    assert main(["input-x-gradient", str(photos["coffee"]), "--target", "967", "--out", str(tmp_path / "i")]) == 0
-    assert (tmp_path / "d" / "coffee_deconvnet.png").is_file()
-    assert (tmp_path / "i" / "coffee_input_x_gradient.png").is_file()
-
-
-@pytest.mark.slow
-def test_lite0_reproduces_adebayo_gradient_decorrelates_guided_does_not(lite0, cat_coffee):
-    """Adebayo et al. 2018 on the pretrained Lite0: with the top three stages re-drawn (classifier,
-    its BatchNorm, the 1x1 head conv) the gradient's rank correlation with the trained map falls
-    (7 photos: 0.44 -> 0.40), while guided backprop's stays at 0.99 (docs/trust.md)."""
-    top = ["_fc", "_bn1", "_conv_head"]
-    grad = fv.randomization_check(lite0, cat_coffee, "saliency", stages=top)
-    guided = fv.randomization_check(lite0, cat_coffee, "guided_backprop", stages=top)
-    assert grad.targets.tolist() == [285, 967]
-    assert (grad.similarity < 0.7).all(), grad.similarity
-    assert (guided.similarity > 0.9).all(), guided.similarity

@@ -27,3 +27,35 @@ def tiny(seed: int = 0, labels: str = "class {}") -> fv.Model:
     torch.manual_seed(seed)
     return fv.Model(Net().eval(), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32,
                     labels=[labels.format(i) for i in range(10)])
+
+
+# A linear classifier on 8 x 8 images, for closed forms (metrics, the randomisation check).
+H = W = 8
+
+
+def linear_model(seed=0, classes=3, size=H):
+    """logit_c(x) = sum_{k, y, x} w[c, k, y, x] x[k, y, x] + b_c, on [0, 1] images as they are."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, classes))
+    return fv.Model(net, input_size=size)
+
+
+def contributions(model, x, c):
+    """(B, H, W) per-pixel contribution to logit c: sum over channels of w * x."""
+    w = model.module[1].weight[c].view(3, x.shape[2], x.shape[3])
+    return (w * x).sum(1).detach()
+
+
+# A classifier without BatchNorm, 5 classes on 32 x 32 images (inspection and embedding tests).
+def tiny_net(in_channels: int = 3) -> fv.Model:
+    """conv (3 -> 4, 3x3) -> ReLU -> conv -> pool -> Linear(6 -> 5): a classifier small enough to run often."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(in_channels, 4, 3, stride=2), nn.ReLU(inplace=True),
+                        nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 5))
+    return fv.Model(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32,
+                    labels=[f"class{i}" for i in range(5)], name="tiny")
+
+
+def tiny_images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,39 @@
+"""The guided ReLU and deconvnet rules (fastviz/guided.py) against their definitions, by hand."""
+
+import torch
+from torch import nn
+
+import fastviz as fv
+from fastviz.guided import DeconvReLU, GuidedReLU
+
+
+def test_guided_relu_passes_only_positive_gradients():
+    y = torch.randn(50, requires_grad=True)
+    g = torch.randn(50)
+    (got,) = torch.autograd.grad(GuidedReLU.apply(y), y, g)
+    torch.testing.assert_close(got, g.clamp_min(0))
+
+
+def test_guided_relu6_backprop_is_mask_times_positive_gradient():
+    """grad * (0 < x < 6) * (grad > 0) through a ReLU6 module, and its forward unchanged."""
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 9, 2))
+    with torch.no_grad():
+        net[0].weight.mul_(8)  # pre-activations on both sides of 0 and 6
+    x = torch.rand(1, 3, 3, 3)
+    pre = net[0](x)
+    mask = ((pre > 0) & (pre < 6)).float()
+    # The gradient reaching the activation's output, by hand: the Linear's weights.
+    upstream = net[3].weight[1].view(1, 4, 3, 3)
+    want_at_pre = upstream.clamp_min(0) * mask
+    (want,) = torch.autograd.grad(net[0](x.requires_grad_(True)), x, want_at_pre)
+    got = fv.guided_backprop(fv.Model(net), x.detach(), target=1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_deconv_relu_ignores_the_forward_input():
+    x = torch.randn(20, requires_grad=True)
+    y = torch.relu(x)
+    g = torch.randn(20)
+    (got,) = torch.autograd.grad(DeconvReLU.apply(x, y), x, g)
+    torch.testing.assert_close(got, g.clamp_min(0))
