@@ -29,6 +29,20 @@ _REGISTER = {"forward": "register_forward_hook", "pre": "register_forward_pre_ho
              "backward": "register_full_backward_hook"}
 
 
+@contextlib.contextmanager
+def hooked(module: nn.Module, fn: Callable, kind: str = "forward") -> Iterator[None]:
+    """`fn` hooked on `module` for the with block, removed on exit (also when it raises).
+
+    kind: "forward" (fn(module, inputs, output)), "pre" (fn(module, inputs)) or "backward"
+        (fn(module, grad_inputs, grad_outputs)), as torch's register_*_hook.
+    """
+    handle = getattr(module, _REGISTER[kind])(fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class Session:
     """Hooks registered through a session are removed when it ends."""
 
@@ -47,18 +61,9 @@ class Session:
         """A forward hook for the rest of the session (removed when the session ends)."""
         self._handles.append(module.register_forward_hook(hook))
 
-    @contextlib.contextmanager
-    def hook(self, module: nn.Module, fn: Callable, kind: str = "forward") -> Iterator[None]:
-        """`fn` hooked on `module` for the with block, removed on exit (also when it raises).
-
-        kind: "forward" (fn(module, inputs, output)), "pre" (fn(module, inputs)) or "backward"
-            (fn(module, grad_inputs, grad_outputs)), as torch's register_*_hook.
-        """
-        handle = getattr(module, _REGISTER[kind])(fn)
-        try:
-            yield
-        finally:
-            handle.remove()
+    def hook(self, module: nn.Module, fn: Callable, kind: str = "forward"):
+        """`hooked(module, fn, kind)`: a hook for the with block (the session's network)."""
+        return hooked(module, fn, kind)
 
     def run(self, x: torch.Tensor) -> torch.Tensor | None:
         """The model on `x`; None when a hook ended the forward with `StopForward`."""

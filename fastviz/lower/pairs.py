@@ -4,6 +4,7 @@ uses a conv's output. Each candidate says why it cannot be folded, or nothing.""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from ..hooks import hooked
 from .trace import LeafTracer, call_counts, grad_nodes
 
 
@@ -67,18 +69,13 @@ def pairs_recorded(net: nn.Module, x: torch.Tensor) -> list[Candidate]:
         else:
             bn_in[n] = (None, None)
 
-    handles = []
-    for m, n in names.items():
-        if isinstance(m, _ConvNd):
-            handles.append(m.register_forward_hook(on_conv))
-        elif isinstance(m, _BatchNorm):
-            handles.append(m.register_forward_pre_hook(on_bn))
-    try:
-        with torch.enable_grad():
-            out = net(x.detach().requires_grad_(True))
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, torch.enable_grad():
+        for m in names:
+            if isinstance(m, _ConvNd):
+                hooks.enter_context(hooked(m, on_conv))
+            elif isinstance(m, _BatchNorm):
+                hooks.enter_context(hooked(m, on_bn, "pre"))
+        out = net(x.detach().requires_grad_(True))
     indeg = grad_nodes(out)
     result = []
     for bn, (conv, t) in bn_in.items():
