@@ -86,14 +86,3 @@ def as_index_list(values, name: str, upper: int | None = None) -> list[int]:
         return checks.index_list(values, name, upper, "class index", "classes")
     return checks.index_list(values, name, upper)
 
-
-def pick(scores: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) scores of each row's target class, and the (B,) targets (top-1 where None)."""
-    if targets is None:
-        targets = scores.detach().argmax(1)
-    elif scores.is_cuda:
-        # From pinned memory the copy is asynchronous: no host sync in the call.
-        targets = targets.pin_memory().to(scores.device, non_blocking=True)
-    else:
-        targets = targets.to(scores.device)
-    return scores.gather(1, targets[:, None]).squeeze(1), targets
