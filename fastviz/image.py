@@ -43,7 +43,7 @@ def minmax(maps: torch.Tensor, *, constant: float = 0.0) -> torch.Tensor:
     return out.view_as(maps)
 
 
-def normalize(t: torch.Tensor, mode: str = "minmax", q: float = 0.995) -> torch.Tensor:
+def normalize(t: torch.Tensor, mode: str = "minmax", *, q: float = 0.995) -> torch.Tensor:
     """Map each image (first dim = batch when t.dim() is 4, or (B, H, W) maps) into [0, 1].
 
     Args:

@@ -253,3 +253,12 @@ def test_lower_gives_the_exact_maps_up_to_rounding_and_leaves_the_network_alone(
         assert torch.equal(v, before[k]), k
     with pytest.raises(fv.FastvizError, match="lower"):
         smoothgrad(m, x, lower="yes")
+
+
+def test_steps_is_the_old_name_of_points():
+    net = linear_net()
+    x = torch.rand(1, 3, 6, 5)
+    new = integrated_gradients(net, x, 1, points=4)
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated: use points="):
+        old = integrated_gradients(net, x, 1, steps=4)
+    torch.testing.assert_close(old.attributions, new.attributions)
