@@ -20,6 +20,7 @@ from . import checks
 from .errors import FastvizError
 from .explain import check_class_target, check_logits, prepare, resolve_targets, to_device
 from .hooks import session
+from .lower import lowered
 from .models import Model
 from .targets import positive_int
 
@@ -33,6 +34,15 @@ NoiseSource = Callable[[int, int], torch.Tensor]
 
 # -- the engine -----------------------------------------------------------------------------
 SMOOTH = "SmoothGrad and integrated gradients"
+
+
+def _prepared(model, x, target, lower) -> tuple[Model, torch.Tensor]:
+    """(model, images) checked once, the model lowered when asked (target refused first)."""
+    if not isinstance(lower, bool):
+        raise FastvizError(f"lower: expected True or False, got {lower!r:.60}")
+    m, x = prepare(model, x)
+    check_class_target(m, x, target, SMOOTH)
+    return (lowered(m, x) if lower else m), x
 
 
 @torch.no_grad()
@@ -79,7 +89,7 @@ def _generator_noise(x: torch.Tensor, seed: int | None) -> NoiseSource:
 
 
 def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squared: bool = False,
-               batch_size: int = 32, seed: int | None = 0) -> torch.Tensor:
+               batch_size: int = 32, seed: int | None = 0, lower: bool = False) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the class gradient averaged over noisy copies of the image.
 
     Each image b gets n copies x_b + e, e ~ N(0, sigma_b^2) per pixel and channel, with
@@ -98,6 +108,8 @@ def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squar
         seed: seed of the device generator (0 by default, as every fastviz call: the same call
             gives the same map; None: a fresh random seed). The noise drawn for a row depends on
             the seed and on how rows fall into chunks (batch_size).
+        lower: use the lowered copy of the network (`fastviz.attribution.gradient` says what
+            that changes); default: the exact network.
 
     Returns:
         (B, H, W) non-negative map.
@@ -115,8 +127,7 @@ def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squar
     seed = checks.seed(seed, allow_none=True)
     if not isinstance(squared, bool):
         raise FastvizError(f"squared: expected True or False, got {squared!r:.60}")
-    m, x = prepare(model, x)
-    check_class_target(m, x, target, SMOOTH)
+    m, x = _prepared(model, x, target, lower)
     flat = x.flatten(1)
     sigma = noise * (flat.amax(1) - flat.amin(1))
     with session(m):
@@ -203,7 +214,8 @@ def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
 
 def integrated_gradients(model, x, target=None, *, baseline=None, points: int = 50,
                          method: str = "trapezoid", batch_size: int = 32,
-                         spacing: str = "cubic", steps: int | None = None) -> IGResult:
+                         spacing: str = "cubic", lower: bool = False, steps: int | None = None
+                         ) -> IGResult:
     """Integrated gradients (Sundararajan et al. 2017) of the target logit along a straight path.
 
     attributions = (x - x') * sum_k w_k dF/dx(x' + alpha_k (x - x')), with (alpha_k, w_k) from
@@ -221,6 +233,8 @@ def integrated_gradients(model, x, target=None, *, baseline=None, points: int = 
         batch_size: rows per forward + backward.
         spacing: "cubic" (default: alpha = t^3, points dense near the baseline) or "uniform"
             (alpha = t, the textbook rule); see `ig_alphas`.
+        lower: use the lowered copy of the network for every forward (F(x), F(x') and the
+            path), so completeness is measured against the network that made the gradients.
         steps: the old name of `points` (deprecated: in fastviz `steps` are optimisation steps).
 
     Returns:
@@ -240,8 +254,7 @@ def integrated_gradients(model, x, target=None, *, baseline=None, points: int = 
     checks.positive_int(points, "points", 10 ** 6)
     alphas, weights = ig_alphas(points, method, spacing)
     batch_size = positive_int(batch_size, "batch_size")
-    m, x = prepare(model, x)
-    check_class_target(m, x, target, SMOOTH)
+    m, x = _prepared(model, x, target, lower)
     base = _baseline(baseline, x)
     B = x.shape[0]
     with session(m):

@@ -33,7 +33,7 @@ def _tensor(t, name: str) -> torch.Tensor:
 _COLORMAPS = {"jet": 2, "inferno": 9, "viridis": 16, "magma": 13, "turbo": 20, "hot": 11}
 
 
-def minmax(maps: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
+def minmax(maps: torch.Tensor, *, constant: float = 0.0) -> torch.Tensor:
     """Per row (first dim) (m - min) / (max - min) over all other dims, in [0, 1]; a constant row
     becomes `constant`. The one min-max of fastviz: CAMs, filters, `normalize`, Score-CAM masks."""
     flat = maps.flatten(1)
@@ -43,7 +43,7 @@ def minmax(maps: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
     return out.view_as(maps)
 
 
-def normalize(t: torch.Tensor, mode: str = "minmax", q: float = 0.995) -> torch.Tensor:
+def normalize(t: torch.Tensor, mode: str = "minmax", *, q: float = 0.995) -> torch.Tensor:
     """Map each image (first dim = batch when t.dim() is 4, or (B, H, W) maps) into [0, 1].
 
     Args:
@@ -73,7 +73,7 @@ def normalize(t: torch.Tensor, mode: str = "minmax", q: float = 0.995) -> torch.
     return out.reshape(t.shape)
 
 
-def heatmap(m: torch.Tensor, colormap: str = "jet", normalize_mode: str = "minmax") -> torch.Tensor:
+def heatmap(m: torch.Tensor, *, colormap: str = "jet", normalize_mode: str = "minmax") -> torch.Tensor:
     """(H, W) or (B, H, W) map -> (3, H, W) or (B, 3, H, W) RGB colours in [0, 1]."""
     import cv2
 
@@ -91,7 +91,7 @@ def heatmap(m: torch.Tensor, colormap: str = "jet", normalize_mode: str = "minma
     return res if m.dim() == 3 else res[0]
 
 
-def overlay(image: torch.Tensor, m: torch.Tensor, alpha: float = 0.5, colormap: str = "jet",
+def overlay(image: torch.Tensor, m: torch.Tensor, *, alpha: float = 0.5, colormap: str = "jet",
             normalize_mode: str = "minmax") -> torch.Tensor:
     """A heatmap of `m` blended over `image`.
 
@@ -116,12 +116,12 @@ def overlay(image: torch.Tensor, m: torch.Tensor, alpha: float = 0.5, colormap: 
     if maps.shape[-2:] != img.shape[-2:]:
         maps = F.interpolate(maps[:, None].float(), size=img.shape[-2:], mode="bilinear",
                              align_corners=False)[:, 0]
-    heat = heatmap(maps, colormap, normalize_mode).to(img.device)
+    heat = heatmap(maps, colormap=colormap, normalize_mode=normalize_mode).to(img.device)
     out = (1 - alpha) * img.detach().float() + alpha * heat
     return out[0] if single else out
 
 
-def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0,
+def grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0,
          scale: int = 1) -> torch.Tensor:
     """(N, C, H, W) -> (C, H', W') images laid out in rows, `padding` pixels of `pad_value` between.
 

@@ -53,7 +53,7 @@ def _first_rgb_conv(m: Model, layer: str | None) -> tuple[str, nn.Conv2d]:
     return name, conv
 
 
-def filters(model: Model | nn.Module, layer: str | None = None,
+def filters(model: Model | nn.Module, layer: str | None = None, *,
             normalize: str = "per_filter") -> torch.Tensor:
     """The weights of the first RGB convolution, mapped into [0, 1] to be seen as pictures.
 
@@ -86,7 +86,7 @@ def filters(model: Model | nn.Module, layer: str | None = None,
     return minmax(flat, constant=0.5).reshape(w.shape)
 
 
-def filter_grid(model: Model | nn.Module, layer: str | None = None, normalize: str = "per_filter",
+def filter_grid(model: Model | nn.Module, layer: str | None = None, *, normalize: str = "per_filter",
                 scale: int | None = None, nrow: int | None = None, padding: int = 2,
                 pad_value: float = 1.0) -> torch.Tensor:
     """The first-layer filters laid out as one picture, upsampled, with borders between them.
@@ -101,7 +101,7 @@ def filter_grid(model: Model | nn.Module, layer: str | None = None, normalize: s
     Returns:
         (3, H, W) in [0, 1]: filter i at row i // nrow, column i % nrow.
     """
-    f = filters(model, layer, normalize)
+    f = filters(model, layer, normalize=normalize)
     if scale is None:
         scale = max(1, math.ceil(24 / max(f.shape[-2:])))
     if not isinstance(scale, int) or scale < 1:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import fastviz as fv
-from tiny_net import H, W, linear_model
+from tiny_net import H, W, linear_model, tiny
 
 
 class OneByOne(nn.Module):
@@ -241,3 +241,16 @@ def test_deconvnet_and_input_x_gradient_equal_captums_on_resnet18(name):
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
     if name == "deconvnet":
         assert not torch.allclose(ours, fv.guided_backprop(model, x, [3, 7]), atol=1e-3)
+
+
+def test_guided_relu_is_the_old_name_of_guided():
+    m = tiny()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    new, _ = fv.gradient(m, x, 1, guided=True)
+    with pytest.warns(DeprecationWarning, match="guided_relu"):
+        old, _ = fv.gradient(m, x, 1, guided_relu=True)
+    torch.testing.assert_close(old, new)
+    with pytest.warns(DeprecationWarning), pytest.raises(fv.FastvizError, match="guided_relu, guided"):
+        fv.gradient(m, x, 1, guided=True, guided_relu=True)
+    with pytest.raises(TypeError):
+        fv.saliency(m, x, 1, True)  # options are keyword-only

@@ -8,6 +8,7 @@ from torch import nn
 
 import fastviz as fv
 from fastviz.averaged import IG_METHODS, _smoothgrad_mean, ig_alphas, integrated_gradients, smoothgrad
+from tiny_net import tiny
 
 
 # -- tiny nets with exact answers -----------------------------------------------------------
@@ -231,3 +232,33 @@ def test_calls_leave_the_model_as_it_came(lite0, cat_coffee, snapshot):
     finally:
         net._blocks[2].eval()
         net._conv_stem.weight.requires_grad_(True)
+
+
+# -- lower= ----------------------------------------------------------------------------------
+def test_lower_gives_the_exact_maps_up_to_rounding_and_leaves_the_network_alone():
+    """The lowered copy (BN folded, activations fused) computes the same function: equal maps,
+    completeness measured on the copy, and the user's network is not touched."""
+    m = tiny()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    before = {k: v.clone() for k, v in m.module.state_dict().items()}
+    exact = smoothgrad(m, x, 4, n=3)
+    fast = smoothgrad(m, x, 4, n=3, lower=True)
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-6)
+    r_exact = integrated_gradients(m, x, points=8)
+    r_fast = integrated_gradients(m, x, points=8, lower=True)
+    torch.testing.assert_close(r_fast.attributions, r_exact.attributions, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(r_fast.score_difference, r_exact.score_difference, rtol=1e-4, atol=1e-5)
+    assert torch.equal(r_fast.targets, r_exact.targets)
+    for k, v in m.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(fv.FastvizError, match="lower"):
+        smoothgrad(m, x, lower="yes")
+
+
+def test_steps_is_the_old_name_of_points():
+    net = linear_net()
+    x = torch.rand(1, 3, 6, 5)
+    new = integrated_gradients(net, x, 1, points=4)
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated: use points="):
+        old = integrated_gradients(net, x, 1, steps=4)
+    torch.testing.assert_close(old.attributions, new.attributions)

@@ -10,7 +10,7 @@ def test_evaluate_writes_table_json_and_curves(photos, tmp_path, capsys):
 
     out = tmp_path / "report"
     assert main(["evaluate", str(photos["chelsea"]), str(photos["coffee"]), "--methods", "saliency", "guided",
-                 "--steps", "4", "--percentiles", "30", "70", "--rand-images", "1", "--out", str(out)]) == 0
+                 "--points", "4", "--percentiles", "30", "70", "--rand-images", "1", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     for name in ("saliency", "guided"):
         e = report["methods"][name]

@@ -45,3 +45,13 @@ def test_save_image_roundtrip(tmp_path):
     assert np.abs(back - t.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
     with pytest.raises(fv.FastvizError, match="image: expected"):
         fv.save_image(torch.rand(2, 5, 7), tmp_path / "b.png")
+
+
+def test_minmax_per_row_and_constant_rows():
+    maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]]])
+    out = fv.image.minmax(maps)
+    torch.testing.assert_close(out[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(out[1], torch.zeros(2, 2))
+    assert torch.equal(fv.image.minmax(maps, constant=0.5)[1], torch.full((2, 2), 0.5))
+    tiny = torch.tensor([[0.0, 1e-30]])  # a span far below any epsilon still reaches 1
+    torch.testing.assert_close(fv.image.minmax(tiny), torch.tensor([[0.0, 1.0]]))

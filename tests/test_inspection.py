@@ -246,3 +246,19 @@ def test_cli_filters_and_embed(tmp_path, photos, capsys):
         assert (tmp_path / f"pca_efficientnet_lite0{suffix}").is_file()
     assert "4 images, 1280-d features" in out
     assert main(["embed", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+
+
+# -- progress -------------------------------------------------------------------------------
+def test_features_reports_progress_by_the_shared_protocol():
+    calls = []
+    features(tiny_net(), tiny_images(5), batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (5, 5) and all(t == 5 for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_a_tqdm_class_is_the_old_form_of_a_bar():
+    from tqdm import tqdm
+
+    with pytest.warns(DeprecationWarning, match="progress=True"):
+        f = features(tiny_net(), tiny_images(2), progress=tqdm)
+    assert f.features.shape[0] == 2

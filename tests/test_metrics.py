@@ -188,3 +188,15 @@ def test_road_agrees_with_pytorch_grad_cam(score):
 def test_errors_name_the_argument(call, match):
     with pytest.raises(fv.FastvizError, match=match):
         call(linear_model(), torch.rand(2, 3, H, W))
+
+
+def test_steps_is_the_old_name_of_points():
+    m = linear_model()
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(1))
+    maps = contributions(m, x, 0)
+    for curve in (fv.deletion, fv.insertion):
+        new = curve(m, x, maps, target=0, points=4)
+        with pytest.warns(DeprecationWarning, match="steps= is deprecated: use points="):
+            old = curve(m, x, maps, target=0, steps=4)
+        torch.testing.assert_close(old.curve, new.curve)
+        assert new.curve.shape == (2, 5)

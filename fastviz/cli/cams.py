@@ -35,7 +35,8 @@ def register(sub) -> None:
             p.add_argument("--squared", action="store_true", help="average squared gradients")
             p.add_argument("--seed", type=int, default=0)
         if name == "ig":
-            p.add_argument("--steps", type=int, default=50)
+            p.add_argument("--points", "--steps", type=int, default=50, dest="points",
+                           help="points on the path (default 50; --steps is the old name)")
             p.add_argument("--method", default="trapezoid", choices=averaged.IG_METHODS)
             p.add_argument("--spacing", default="cubic", choices=averaged.IG_SPACINGS)
             p.add_argument("--baseline", type=float, default=None, help="flat baseline value (default 0: black)")
@@ -48,17 +49,17 @@ def register(sub) -> None:
 def compute(model, x, method: str, target, args):
     """(B, H, W) map (or (B, 3, H, W) for guided-gradcam) of one method, and a note per image."""
     if method == "gradcam":
-        return cam.gradcam(model, x, target, args.layer), None
+        return cam.gradcam(model, x, target, layer=args.layer), None
     if method == "guided-gradcam":
-        return cam.guided_gradcam(model, x, target, args.layer), None
+        return cam.guided_gradcam(model, x, target, layer=args.layer), None
     if method == "scorecam":
-        return cam.scorecam(model, x, target, args.layer, batch_size=args.chunk), None
+        return cam.scorecam(model, x, target, layer=args.layer, batch_size=args.chunk), None
     if method == "layercam":
-        return cam.layercam(model, x, target, args.layer), None
+        return cam.layercam(model, x, target, layer=args.layer), None
     if method == "smoothgrad":
         return averaged.smoothgrad(model, x, target, n=args.n, noise=args.noise, squared=args.squared,
                                    batch_size=args.chunk, seed=args.seed), None
-    r = averaged.integrated_gradients(model, x, target, baseline=args.baseline, points=args.steps,
+    r = averaged.integrated_gradients(model, x, target, baseline=args.baseline, points=args.points,
                                       method=args.method, batch_size=args.chunk, spacing=args.spacing)
     notes = [f"completeness error {e:.4f} of score difference {d:.4f}"
              for e, d in zip(r.completeness_error.tolist(), r.score_difference.tolist())]

@@ -31,7 +31,8 @@ def register(sub) -> None:
                    help=f"maps to judge (default: {' '.join(DEFAULT_METHODS)}); any of "
                         f"{', '.join(sanity.METHODS)} or the aliases guided, ig, ixg")
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
-    p.add_argument("--steps", type=int, default=50, help="deletion / insertion curve steps (default 50)")
+    p.add_argument("--points", "--steps", type=int, default=50, dest="points",
+                   help="deletion / insertion curve points (default 50; --steps is the old name)")
     p.add_argument("--percentiles", nargs="+", type=float, default=list(range(10, 100, 10)),
                    help="ROAD: percent of pixels removed (default 10 20 ... 90). Each is two sparse "
                         "solves per image on the CPU, 0.1-10 s each at 224x224: the slow part")
@@ -56,7 +57,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(model, files: list[Path], methods: list[str], steps: int = 50, percentiles=range(10, 100, 10),
+def evaluate(model, files: list[Path], methods: list[str], points: int = 50, percentiles=range(10, 100, 10),
              rand_images: int = 4, batch_size: int = 8) -> dict:
     """All metrics of every method on every file: {method: {summary..., curves...}}."""
     results = {}
@@ -72,8 +73,8 @@ def evaluate(model, files: list[Path], methods: list[str], steps: int = 50, perc
             _sync(model.device)
             ms += (time.perf_counter() - t) * 1e3
             n += x.shape[0]
-            dele.append(metrics.deletion(model, x, maps, points=steps))
-            ins.append(metrics.insertion(model, x, maps, points=steps))
+            dele.append(metrics.deletion(model, x, maps, points=points))
+            ins.append(metrics.insertion(model, x, maps, points=points))
             if percentiles:
                 road.append(metrics.road(model, x, maps, percentiles=percentiles))
             if len(rand_x) * batch_size < rand_images:
@@ -167,10 +168,10 @@ def run(args) -> int:
     files = io._expand(args.paths)
     out = out_dir(args.out)
     percentiles = [] if args.no_road else args.percentiles
-    results = evaluate(model, files, args.methods, args.steps, percentiles, args.rand_images,
+    results = evaluate(model, files, args.methods, args.points, percentiles, args.rand_images,
                        args.batch_size)
     report = {"model": args.model, "device": str(model.device), "images": [str(f) for f in files],
-              "steps": args.steps, "percentiles": percentiles, "rand_images": args.rand_images,
+              "points": args.points, "percentiles": percentiles, "rand_images": args.rand_images,
               "methods": results}
     _write(out / "report.json", json.dumps(report, indent=1))
     table = markdown(results, args.model, len(files))

@@ -36,8 +36,9 @@ def register(sub) -> None:
 
 def run_filters(args) -> int:
     model = model_from_args(args)
-    grid = inspection.filter_grid(model, args.layer, args.normalize, args.scale, args.nrow)
-    n, _, kh, kw = inspection.filters(model, args.layer, args.normalize).shape
+    grid = inspection.filter_grid(model, args.layer, normalize=args.normalize, scale=args.scale,
+                                   nrow=args.nrow)
+    n, _, kh, kw = inspection.filters(model, args.layer, normalize=args.normalize).shape
     path = image.save_image(grid, out_dir(args.out) / f"filters_{slug(model.name)}.png")
     print(f"{model.name}: {n} filters of 3x{kh}x{kw} ({args.normalize}); wrote {path}")
     return 0
