@@ -382,7 +382,7 @@ def _cases() -> list[Case]:
     add("normalize", "mode", "choice", lambda m, v: fv.normalize(torch.rand(3, 8, 8), v), st.one_of(st.text(max_size=5), st.integers()))
     add("normalize", "q", "unit_float", lambda m, v: fv.normalize(torch.rand(3, 8, 8), "percentile", q=v))
     add("normalize", "t", "tensor", lambda m, v: fv.normalize(v), st.one_of(st.none(), st.integers(), st.just(torch.rand(0, 3))))
-    add("heatmap", "colormap", "choice", lambda m, v: fv.heatmap(torch.rand(8, 8), v), st.one_of(st.text(max_size=5), st.integers()))
+    add("heatmap", "colormap", "choice", lambda m, v: fv.heatmap(torch.rand(8, 8), colormap=v), st.one_of(st.text(max_size=5), st.integers()))
     add("heatmap", "m", "tensor", lambda m, v: fv.heatmap(v), st.one_of(st.none(), st.just(torch.rand(8)), st.just(torch.rand(1, 1, 1, 8))))
     add("overlay", "alpha", "unit_float", lambda m, v: fv.overlay(torch.rand(3, 8, 8), torch.rand(8, 8), alpha=v))
     add("overlay", "image", "tensor", lambda m, v: fv.overlay(v, torch.rand(8, 8)),
