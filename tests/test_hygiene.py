@@ -62,7 +62,7 @@ CALLS += [
     ("filter_grid", lambda m: fv.filter_grid(m)),
     ("embed", lambda m: fv.embed(m, torch.rand(6, 3, 32, 32), method="pca")),
 ]
-# The lowered copy (fastviz/lower.py): the loop's default, attribution's option.
+# The lowered copy (fastviz/lower/): the loop's default, attribution's option.
 CALLS += [
     ("class_model lower=False", lambda m: fv.class_model(m, [1, 2], steps=2, lower=False)),
     ("saliency lower", lambda m: fv.saliency(m, X, lower=True)),
