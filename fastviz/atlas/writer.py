@@ -42,7 +42,7 @@ class Writer:
         out: the atlas directory.
         part: the rank's manifest part file.
         on_written: called with the number of targets after each batch is on disk (from the
-            writer's thread).
+            writer's thread, before `wait` returns; its error raises like the batch's).
     """
 
     def __init__(self, out: Path, part: Path, on_written: Callable[[int], None]):
@@ -54,9 +54,12 @@ class Writer:
     def submit(self, pixels, records: list[dict]) -> None:
         """Write a batch in the background once the previous one is on disk (its error raises here)."""
         self.wait()
-        n = len(records)
-        self.pending = self.pool.submit(write_batch, self.out, self.part, pixels, records)
-        self.pending.add_done_callback(lambda f: f.exception() is None and self.on_written(n))
+        self.pending = self.pool.submit(self._write, pixels, records)
+
+    def _write(self, pixels, records: list[dict]) -> None:
+        write_batch(self.out, self.part, pixels, records)
+        # Here, not in a done-callback: `wait` then returns only after the report.
+        self.on_written(len(records))
 
     def wait(self) -> None:
         """Block until the submitted batch is on disk; raise its error, if any."""
