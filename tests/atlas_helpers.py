@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny classifier, built the same way in every process (seeded): 10 classes, 8 channels.

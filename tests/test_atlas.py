@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 import fastviz as fv
-from tiny_net import tiny
-
 from atlas_helpers import manifest, pixels
+from tiny_net import tiny
 
 
 def test_atlas_images_equal_class_model(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 
@@ -11,6 +12,9 @@ from PIL import Image
 from fastviz.atlas import gallery_html
 
 from atlas_helpers import ROOT, STEPS, TOTAL
+from chromium import THUMBS_JS, VISIBLE_JS, Chromium, find_chromium, open_gallery
+
+CHROMIUM = find_chromium()
 
 
 def test_gallery_html_is_self_contained():
@@ -21,11 +25,10 @@ def test_gallery_html_is_self_contained():
     assert page.count("</script>") == 2, "a label cannot close the data script"
     assert not re.search(r"(src|href)=\"(https?:)?//", page), "no network"
     assert 'loading = "lazy"' in page
+    # The records reach the page as JSON data (the page's script builds the grid from them).
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data) == [rec]
 
-
-from chromium import THUMBS_JS, VISIBLE_JS, Chromium, find_chromium, open_gallery  # noqa: E402
-
-CHROMIUM = find_chromium()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")

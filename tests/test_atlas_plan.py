@@ -7,6 +7,8 @@ import json
 import pytest
 
 import fastviz as fv
+from fastviz.atlas.plan import Group, batches, groups_of, pending_batches, slug
+from fastviz.models import as_model
 from tiny_net import tiny
 
 from atlas_helpers import manifest
@@ -42,3 +44,19 @@ def test_measured_batch_size_is_recorded(tmp_path):
     r = fv.atlas(m, tmp_path, classes="all", steps=2, progress=False)
     assert 1 <= r.batch_size <= 10
     assert json.loads((tmp_path / "atlas.json").read_text())["settings"]["batch_size"] == r.batch_size
+
+
+def test_names_are_stable_and_sorted_by_index():
+    m = as_model(tiny())
+    groups = groups_of(m, [3, 1], ["features.3"], [0, 5], None)
+    assert [g.names for g in groups] == [["class/0003_class_3", "class/0001_class_1"],
+                                         ["features.3/0000", "features.3/0005"]]
+    assert slug("Granny Smith (apple)") == "granny_smith_apple"
+
+
+def test_batches_never_depend_on_what_is_done():
+    g = [Group("class", None, [0, 1, 2, 3, 4], list("abcde"), [None] * 5),
+         Group("channel", "x", [0, 1], ["x/0", "x/1"], [None] * 2)]
+    assert batches(g, 2) == [(0, 0, 2), (0, 2, 4), (0, 4, 5), (1, 0, 2)]
+    # A batch with one target left keeps its rows (and so its seed): the done row is redrawn, not written.
+    assert pending_batches(g, 2, {"a", "c", "d", "x/0", "x/1"}) == [(0, 0, 2), (0, 4, 5)]

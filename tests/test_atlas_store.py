@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import fastviz as fv
 from fastviz.atlas import MANIFEST_SCHEMA, validate_record
+from fastviz.atlas.plan import Group
+from fastviz.atlas.store import batch_records
 
 from atlas_helpers import ROOT, STEPS, BATCH, TOTAL, env, manifest, pixels, run, without_timing
 
@@ -53,6 +57,20 @@ def test_validator_rejects_bad_records(reference):
             validate_record(dict(good, **{key: value}))
     with pytest.raises(fv.FastvizError, match="missing 'seed'"):
         validate_record({k: v for k, v in good.items() if k != "seed"})
+
+
+def test_batch_records_skip_done_rows_and_fit_the_schema():
+    grp = Group("channel", "features.3", [4, 5, 6], ["features.3/0004", "features.3/0005", "features.3/0006"],
+                [None] * 3)
+    result = SimpleNamespace(images=torch.rand(2, 3, 8, 8), history=torch.arange(10.0).reshape(5, 2))
+    versions = {"fastviz": "0", "torch": "0", "model": {"name": "tiny", "sha1": "x"}}
+    pixels_, recs = batch_records(grp, 1, 3, result, skip={"features.3/0005"}, seed=7, seconds=0.5,
+                                  settings={"steps": 5}, versions=versions)
+    assert [r["target"] for r in recs] == ["features.3/0006"]
+    assert (recs[0]["index"], recs[0]["seed"], recs[0]["batch"], recs[0]["objective"]) == (6, 7, [1, 3], 9.0)
+    assert recs[0]["curve"] == [1.0, 3.0, 5.0, 7.0, 9.0] and recs[0]["curve_steps"] == [1, 2, 3, 4, 5]
+    assert pixels_[0].shape == (8, 8, 3) and pixels_[0].dtype == np.uint8
+    validate_record(recs[0])
 
 
 def test_killed_run_resumes_each_target_once(script, reference, tmp_path):

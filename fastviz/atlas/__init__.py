@@ -18,33 +18,32 @@ plans (reads the directory, checks the settings, picks the batch size) and broad
 batch k of the plan goes to rank k % world_size. A batch's rows, seed and start never depend on
 the rank or on which batches are already done, so the files equal a one-process run's.
 
-Rooms: `plan` (targets, names, batches, batch size, settings check), `store` (schema, atomic
-writes, manifest parts and merge, resume, the PNG writer), `distributed` (process group,
-broadcast, barriers, the cross-rank progress counter), `gallery` (index.html from the package's
-gallery files); this file is the public call and its main loop.
+Rooms: `plan` (targets, names, batches, batch size, settings check), `store` (schema, manifest
+lines, atomic writes, manifest parts and merge, resume), `writer` (the PNG writer thread),
+`distributed` (process group, broadcast, sharding, barriers, the cross-rank progress counter),
+`gallery` (index.html from the package's gallery files); this file is the public call and its
+main loop.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-import torch
+from typing import Sequence
 
 from .. import checks
 from ..errors import FastvizError
 from ..hooks import on_device
 from ..models import as_model
+from ..progress import ProgressArg
 from ..targets import positive_int
 from .distributed import Progress, distributed
 from .gallery import gallery_html
-from .plan import batches, make_plan, measure_batch_size, render_batch
-from .store import INDEX, MANIFEST, MANIFEST_SCHEMA, finish, sampled_curve, validate_record, write_batch
+from .plan import make_plan, measure_batch_size, pending_batches, render_batch
+from .store import INDEX, MANIFEST, MANIFEST_SCHEMA, batch_records, finish, validate_record
+from .writer import Writer
 
 __all__ = ["atlas", "AtlasResult", "gallery_html", "MANIFEST_SCHEMA", "measure_batch_size", "validate_record"]
 
@@ -83,7 +82,7 @@ class AtlasResult:
 def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] | None = None,
           layers: str | Sequence[str] = (), channels: str | Sequence[int] = "all", steps: int = 256,
           seed: int = 0, batch_size: int | None = None, device=None, force: bool = False,
-          progress: bool | Callable[[int, int], None] = True, timeout: float = 7200.0,
+          progress: ProgressArg = True, timeout: float = 7200.0,
           **kwargs) -> AtlasResult:
     """Render many targets (classes, channels of layers) into a directory: PNGs, manifest, gallery.
 
@@ -103,8 +102,9 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
             on rank 0 (doubling while targets/s rise by > 5%).
         device: where to render; under torchrun with CUDA, default cuda:LOCAL_RANK.
         force: start over in a directory whose settings differ (the old manifest is dropped).
-        progress: a bar on rank 0 (True), none (False), or progress(done, total) in targets
-            (called on rank 0 from the PNG-writing thread, after each batch is on disk).
+        progress: a bar on rank 0 (True), none (False or None), or progress(done, total) in
+            targets (`fastviz.progress`; called on rank 0 from the PNG-writing thread, after each
+            batch is on disk).
         timeout: seconds the ranks wait for each other in a collective.
         **kwargs: passed to `class_model` / `feature` (reg, lr, jitter, size, backend, ...).
             They are settings: a rerun with other values is refused unless `force`.
@@ -140,57 +140,23 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
         raise FastvizError(f"out: expected a directory, got the file {str(out)!r}")
     with distributed(device, timeout) as (d, dev), on_device(m, dev):
         # Rank 0 plans; the others take its plan (or its error).
-        plan, failure = None, None
-        if d.rank == 0:
-            try:
-                plan = make_plan(m, out, classes, layers, channels, steps, seed, batch_size, force, kwargs)
-            except Exception as e:  # every rank must hear of it, or they wait in the broadcast
-                plan, failure = {"error": f"{e}" if isinstance(e, FastvizError) else f"rank 0: {e!r}"}, e
-        plan = d.broadcast(plan)
-        if failure is not None:
-            raise failure
-        if "error" in plan:
-            raise FastvizError(plan["error"])
-        groups, bs, settings, versions = plan["groups"], plan["batch_size"], plan["settings"], plan["versions"]
-        done = set(plan["done"])
-        pending = [bt for bt in batches(groups, bs)
-                   if any(n not in done for n in groups[bt[0]].names[bt[1]:bt[2]])]
-        mine = pending[d.rank::d.world]
+        plan = d.from_rank0(lambda: make_plan(m, out, classes, layers, channels, steps, seed, batch_size,
+                                              force, kwargs))
+        groups, bs, done = plan["groups"], plan["batch_size"], set(plan["done"])
         total = sum(len(g.names) for g in groups)
         todo = sum(1 for g in groups for n in g.names if n not in done)
         bar = Progress(d, f"fastviz-atlas/{plan['run']}", total, total - todo, progress)
-        part = out / f"manifest.rank{d.rank}.jsonl"
-        lock = threading.Lock()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastviz-atlas-png")
-        inflight: list[Future] = []
         try:
-            for g, a, b in mine:
-                grp = groups[g]
-                t = time.perf_counter()
-                r = render_batch(m, grp, a, b, steps, seed, kwargs)
-                seconds = (time.perf_counter() - t) / (b - a)
-                pixels = (r.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-                rows, recs = [], []
-                for i in range(b - a):
-                    name = grp.names[a + i]
-                    if name in done:
-                        continue
-                    curve, curve_steps = sampled_curve(r.history[:, i])
-                    rows.append(pixels[i])
-                    recs.append({"target": name, "file": name + ".png", "kind": grp.kind, "layer": grp.layer,
-                                 "index": grp.indices[a + i], "label": grp.labels[a + i], "seed": seed + a,
-                                 "batch": [a, b], "settings": settings, "objective": curve[-1],
-                                 "curve": curve, "curve_steps": curve_steps, "seconds": round(seconds, 6),
-                                 "versions": versions})
-                # At most one batch is being encoded while the next renders.
-                while inflight:
-                    inflight.pop(0).result()
-                inflight.append(pool.submit(write_batch, out, part, lock, rows, recs))
-                inflight[-1].add_done_callback(lambda f, n=len(recs): f.exception() is None and bar.add(n))
-            for f in inflight:
-                f.result()
+            with Writer(out, out / f"manifest.rank{d.rank}.jsonl", bar.add) as writer:
+                for g, a, b in d.shard(pending_batches(groups, bs, done)):
+                    t = time.perf_counter()
+                    r = render_batch(m, groups[g], a, b, steps, seed, kwargs)
+                    # The next batch renders while this one is encoded and written.
+                    writer.submit(*batch_records(groups[g], a, b, r, skip=done, seed=seed + a,
+                                                 seconds=(time.perf_counter() - t) / (b - a),
+                                                 settings=plan["settings"], versions=plan["versions"]))
+                writer.wait()
         finally:
-            pool.shutdown(wait=True)
             bar.close()
         d.barrier()
         if d.rank == 0:

@@ -1,5 +1,5 @@
-"""torch.distributed for the atlas: join the process group the launcher describes, broadcasts
-and barriers between ranks, and one progress report on rank 0 fed by a counter in the
+"""torch.distributed for the atlas: join the process group the launcher describes, broadcasts,
+barriers and sharding between ranks, and one progress report on rank 0 fed by a counter in the
 rendezvous store that every rank adds to.
 
 Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) `distributed` initialises a process group
@@ -14,9 +14,11 @@ import datetime
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from ..errors import FastvizError
 from ..progress import reporter
 
 
@@ -38,6 +40,30 @@ class Dist:
     def barrier(self):
         if self.world > 1:
             torch.distributed.barrier(group=self.group)
+
+    def shard(self, items: list) -> list:
+        """This rank's share: items k with k % world == rank."""
+        return items[self.rank::self.world]
+
+    def from_rank0(self, make: Callable[[], object]):
+        """`make()` run on rank 0 and broadcast to every rank.
+
+        Raises:
+            The error of `make` on rank 0 as it is; on the other ranks a FastvizError with its
+            message (every rank must hear of it, or they would wait in the broadcast).
+        """
+        box, failure = None, None
+        if self.rank == 0:
+            try:
+                box = {"value": make()}
+            except Exception as e:
+                box, failure = {"error": f"{e}" if isinstance(e, FastvizError) else f"rank 0: {e!r}"}, e
+        box = self.broadcast(box)
+        if failure is not None:
+            raise failure
+        if "error" in box:
+            raise FastvizError(box["error"])
+        return box["value"]
 
 
 @contextlib.contextmanager

@@ -91,6 +91,13 @@ def batches(groups: list[Group], batch_size: int) -> list[tuple[int, int, int]]:
             for g, grp in enumerate(groups) for a in range(0, len(grp.indices), batch_size)]
 
 
+def pending_batches(groups: list[Group], batch_size: int, done: set[str]) -> list[tuple[int, int, int]]:
+    """The batches with a target not yet done (a batch keeps its rows and seed: the done rows in
+    it are rendered again but not written)."""
+    return [bt for bt in batches(groups, batch_size)
+            if any(n not in done for n in groups[bt[0]].names[bt[1]:bt[2]])]
+
+
 def render_batch(m: Model, grp: Group, a: int, b: int, steps: int, seed: int, kwargs: dict):
     idx = grp.indices[a:b]
     if grp.kind == "class":
