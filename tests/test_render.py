@@ -105,8 +105,10 @@ def test_deepdream_amplifies_its_layer_and_keeps_the_photo(lite0, photos):
     cat = fv.load_images(photos["chelsea"])
     changes = []
     for layer in ("_blocks.4", "_blocks.12"):
-        r = fv.deepdream(lite0, cat, layer, octaves=3, steps_per_octave=10)
-        assert r.history.shape == (30, 1) and r.images.shape == cat.shape
+        # Measured at 2 x 8 steps: norms up 1.69x / 1.49x, mean change 0.047 / 0.039, correlation
+        # with the photo 0.94 / 0.95, the two layers' changes correlated 0.02.
+        r = fv.deepdream(lite0, cat, layer, octaves=2, steps_per_octave=8)
+        assert r.history.shape == (16, 1) and r.images.shape == cat.shape
         with session(lite0) as s, torch.no_grad():
             before = s.forward(cat, [layer])[0][layer].norm()
             after = s.forward(r.images, [layer])[0][layer].norm()
@@ -222,7 +224,7 @@ def test_default_feature_raises_its_channel(lite0, photo_means):
 def test_diversity_makes_rows_of_one_class_differ(lite0):
     """With the term, the Gram matrices of two rows of one class at its layer are further apart
     (what the term measures), and the class score still rises."""
-    kw = dict(steps=8, param="fft", transforms=None, seed=0)
+    kw = dict(steps=4, param="fft", transforms=None, seed=0)  # measured cosines 0.84 vs 0.07
     same = fv.class_model(lite0, [130, 130], **kw)
     apart = fv.class_model(lite0, [130, 130], diversity=50.0, **kw)
     term = fv.diversity("_blocks.8", [0, 0])  # the default layer: Lite0's middle block
