@@ -22,12 +22,14 @@ demo: venv
 
 # The fast tier on both cores (what CI runs first, a few minutes); the slow tier (torchrun,
 # Chromium, Triton compiles, long renders on the pretrained models judged by a second network)
-# on its own. Together they are the whole suite.
+# on its own. Together they are the whole suite. --dist loadgroup keeps the tests marked
+# xdist_group(name) on one worker, so an expensive module fixture they share is built once.
 test: venv
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
+# Exit 5 is pytest's "no test selected" (say, with -k in PYTEST_ADDOPTS): nothing failed.
 test-slow: venv
-	$(PY) -m pytest -q -n 2 -m slow
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow || test $$? -eq 5
 
 bench: venv
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=median,iqr,ops
