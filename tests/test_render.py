@@ -40,7 +40,6 @@ def photo_means(lite0, photos):
     return layer_means(lite0, fv.load_images(list(photos.values())), "_blocks.10")
 
 
-@pytest.mark.xdist_group("class_models")  # one worker renders them (make test)
 def test_class_models_are_classified_as_their_class(lite0, class_models):
     r = class_models
     assert r.images.shape == (4, 3, 224, 224) and r.history.shape == (STEPS, 4)
@@ -54,7 +53,6 @@ def test_class_models_are_classified_as_their_class(lite0, class_models):
     assert bool((r.history[-1] > r.history[0] + 10).all())
 
 
-@pytest.mark.xdist_group("class_models")  # one worker renders them (make test)
 def test_the_yosinski_regularizer_shapes_the_images(lite0, class_models):
     """The norm clip zeroes 30% of pixels at each step: in the final images at least that share of
     pixels sit exactly at the mean colour (the zero of the centred image)."""
@@ -65,7 +63,6 @@ def test_the_yosinski_regularizer_shapes_the_images(lite0, class_models):
     assert float(at_mean.float().mean()) < 0.05
 
 
-@pytest.mark.xdist_group("photo_means")
 def test_feature_raises_its_channel_far_above_photos(lite0, photo_means):
     chans = [0, 1, 2, 3]
     r = fv.feature(lite0, "_blocks.10", chans, steps=20, param="pixel")
@@ -215,7 +212,6 @@ def test_default_class_model_is_maco_with_four_views(lite0):
     assert bool(((slope < -2.3) & (slope > -3.3)).all()), slope  # a photo's spectrum, not pixel noise
 
 
-@pytest.mark.xdist_group("photo_means")
 def test_default_feature_raises_its_channel(lite0, photo_means):
     chans = [0, 1]
     r = fv.feature(lite0, "_blocks.10", chans, steps=20)  # measured 17x and 25x the best photo
