@@ -8,7 +8,11 @@ that one argument bad and the rest good. Kinds name what the strategy generates.
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -216,9 +220,13 @@ def _cases() -> list[Case]:
     add("randomization_check", "seed", "seed", lambda m, v: rc(m, X, "saliency", stages=["fc"], seed=v),
         BAD["seed"].filter(lambda v: v is not None))
     # the atlas (bad arguments are refused before anything is written)
+    # One folder per process, removed at exit: parallel workers and other checkouts running the
+    # suite on this machine never share it (nothing should land in it, but see steps=10**12).
+    out = os.path.join(tempfile.gettempdir(), f"fastviz_fuzz_atlas_{os.getpid()}")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+
     def at(kw):
-        return lambda m, v: fv.atlas(m, "/tmp/fastviz_fuzz_atlas", **{"classes": [1], "steps": 2,
-                                                                      "progress": False, **kw(v)})
+        return lambda m, v: fv.atlas(m, out, **{"classes": [1], "steps": 2, "progress": False, **kw(v)})
     add("atlas", "out", "path", lambda m, v: fv.atlas(m, v, classes=[1], steps=2, progress=False),
         st.one_of(st.integers(), st.none(), st.just(__file__), st.just(object())))
     add("atlas", "classes", "class", at(lambda v: {"classes": v}),

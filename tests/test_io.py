@@ -29,8 +29,7 @@ def test_centre_crop_keeps_the_centre(tmp_path):
     assert float(x[:, :, 2:-2].min()) > 0.95
 
 
-def test_sample_photos_ship_offline():
-    photos = fv.sample_images()
+def test_sample_photos_ship_offline(photos):  # the session fixture: fv.sample_images() once
     assert {"chelsea", "coffee", "china", "flower"} <= set(photos)
 
 
