@@ -20,18 +20,20 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fastviz demo --synthesis --out out/demo
 
-# The fast tier on both cores (what CI runs first, a few minutes); the slow tier (torchrun,
+# The fast tier on both cores (what CI runs first, a few minutes), one torch thread per xdist
+# worker unless OMP_NUM_THREADS says otherwise (two workers of two threads each on two cores
+# spun at 4x the CPU time); the slow tier (torchrun,
 # Chromium, Triton compiles, long renders on the pretrained models judged by a second network)
 # on its own. Together they are the whole suite. --dist loadfile runs each test file on one
 # worker, so a module fixture (a render on the pretrained model several tests read) is built
 # once, not once per worker. (xdist_group marks would be finer, but pytest-xdist 3.8's
 # loadgroup does not group under pytest 9.2: it renames item._nodeid, which 9.2 no longer reads.)
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # Exit 5 is pytest's "no test selected" (say, with -k in PYTEST_ADDOPTS): nothing failed.
 test-slow: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile -m slow || test $$? -eq 5
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n 2 --dist loadfile -m slow || test $$? -eq 5
 
 bench: venv
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=median,iqr,ops
