@@ -129,7 +129,7 @@ def test_smoothgrad_n25(benchmark, model, images):
 
 
 def test_ig_n50(benchmark, model, images):
-    r = run(benchmark, integrated_gradients, model, images[:BATCH], steps=50, batch_size=CHUNK)
+    r = run(benchmark, integrated_gradients, model, images[:BATCH], points=50, batch_size=CHUNK)
     record(benchmark, BATCH, FLOORS["chunk"], 50)
     rel = (r.completeness_error / r.score_difference.abs()).tolist()
     benchmark.extra_info["completeness_relative"] = [round(v, 4) for v in rel]
