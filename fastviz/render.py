@@ -114,7 +114,7 @@ def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="ze
     if batch * c * h * w > checks.MAX_ELEMENTS:
         raise FastvizError(f"{batch_name}: {batch} images of {c}x{h}x{w} are more than "
                            f"a batch holds (2**31 values); lower batch_size or size")
-    settings = loop_settings(batch, steps, param=param, seed=checks.seed(seed), **loop)
+    settings = loop_settings(batch, steps, param=param, seed=seed, **loop)
     return _Job(rows, settings, param, (h, w), batch_size, device, init, start)
 
 
@@ -128,9 +128,9 @@ def _execute(m: Model, objective: Objective, job: _Job, report: Callable[[int], 
     chunks = [(i, min(i + job.batch_size, n)) for i in range(0, n, job.batch_size)]
     parts: list[Render] = []
     with on_device(m, job.device) as dev:
+        mean = m.mean_tensor(torch.zeros(1, m.channels or 3, 1, 1, device=dev))  # pixel starts
         for k, (a, b) in enumerate(chunks):
             start = None if job.start is None else job.start[a:b]
-            mean = m.mean_tensor(torch.zeros(1, m.channels or 3, 1, 1, device=dev))
             param = make_param(job.param, b - a, job.size, device=dev, seed=s.seed, first_row=a,
                                mean=mean, init=job.init, start=start)
             part_report = None if report is None else (lambda done, _t, k=k: report(k * s.steps + done))

@@ -104,7 +104,7 @@ def loop_settings(rows: int, steps, *, param: str = "pixel", **loop) -> Settings
     for name in ("amp", "lower"):
         if not isinstance(getattr(s, name), bool):
             raise FastvizError(f"{name}: expected True or False, got {getattr(s, name)!r}")
-    checks.seed(s.seed)
+    s = s.replace(seed=checks.seed(s.seed))  # an int, whatever integer type came
     for name in ("snapshot_every", "progress_every"):
         if getattr(s, name) is not None:
             checks.positive_int(getattr(s, name), name)
