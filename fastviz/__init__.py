@@ -6,6 +6,7 @@ Inputs are images in [0, 1], (B, 3, H, W); the `Model` wrapper normalises them f
 from .atlas import AtlasResult, atlas
 from .attribution import (deconvnet, gradient, guided_backprop, input_x_gradient, neuron_gradient,
                           predict, saliency)
+from .relevance import LRPResult, lrp, rules
 from .averaged import IGResult, integrated_gradients, smoothgrad
 from .cam import gradcam, guided_gradcam, layercam, scorecam
 from .demo_data import demo_set
@@ -65,6 +66,8 @@ __all__ = [
     "load_image",
     "load_images",
     "load_model",
+    "lrp",
+    "LRPResult",
     "Model",
     "neighbour_agreement",
     "Neuron",
@@ -77,6 +80,7 @@ __all__ = [
     "randomization_check",
     "RandomizationResult",
     "Render",
+    "rules",
     "render_objective",
     "road",
     "ROADResult",

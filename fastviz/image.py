@@ -30,7 +30,15 @@ def _tensor(t, name: str) -> torch.Tensor:
     return t
 
 
-_COLORMAPS = {"jet": 2, "inferno": 9, "viridis": 16, "magma": 13, "turbo": 20, "hot": 11}
+_COLORMAPS = {"jet": 2, "inferno": 9, "viridis": 16, "magma": 13, "turbo": 20, "hot": 11,
+              "bwr": None}  # bwr: blue-white-red, for signed maps (LRP): 0.5 is white
+
+
+def _bwr(v: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) in [0, 1] -> (N, 3, H, W): blue (0) through white (0.5) to red (1)."""
+    up = (2 * v).clamp(max=1)        # rises to 1 at the centre
+    down = (2 - 2 * v).clamp(max=1)  # falls from 1 after the centre
+    return torch.stack([up, up.minimum(down), down], 1)
 
 
 def minmax(maps: torch.Tensor, *, constant: float = 0.0) -> torch.Tensor:
@@ -83,6 +91,9 @@ def heatmap(m: torch.Tensor, *, colormap: str = "jet", normalize_mode: str = "mi
     if m.dim() not in (2, 3):
         raise FastvizError(f"m: expected a map (H, W) or (B, H, W), got shape {tuple(m.shape)}")
     maps = normalize(m if m.dim() == 3 else m[None], normalize_mode)
+    if colormap == "bwr":
+        res = _bwr(maps.float())
+        return res if m.dim() == 3 else res[0]
     out = []
     for one in maps.cpu().numpy():
         bgr = cv2.applyColorMap((one * 255).round().astype(np.uint8), _COLORMAPS[colormap])

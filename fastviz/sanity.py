@@ -29,7 +29,7 @@ __all__ = ["RandomizationResult", "randomization_check", "spearman", "default_st
 
 
 def _map_methods() -> dict[str, Callable]:
-    from . import attribution, averaged, cam
+    from . import attribution, averaged, cam, relevance
 
     def reduce(f):
         return lambda m, x, t: f(m, x, t).abs().amax(1)
@@ -43,6 +43,7 @@ def _map_methods() -> dict[str, Callable]:
         "smoothgrad": lambda m, x, t: averaged.smoothgrad(m, x, t, seed=0),
         "integrated_gradients": lambda m, x, t: averaged.integrated_gradients(m, x, t)
         .attributions.abs().amax(1),
+        "lrp": lambda m, x, t: relevance.lrp(m, x, t).maps,
     }
 
 

@@ -121,6 +121,20 @@ BAD_CALLS += [
     ("randomization_check target", lambda m: fv.randomization_check(m, X, "saliency", target=10)),
 ]
 
+# Layer-wise relevance propagation (the model's own modules are never swapped: a copy is).
+CALLS += [
+    ("lrp", lambda m: fv.lrp(m, X, [1, 2])),
+    ("lrp gamma box rules", lambda m: fv.lrp(m, X, composite="epsilon_gamma_box",
+                                             rules={"fc": fv.rules.Epsilon(0.01)})),
+    ("randomization_check lrp", lambda m: fv.randomization_check(m, X, "lrp")),
+]
+BAD_CALLS += [
+    ("lrp target", lambda m: fv.lrp(m, X, target=10)),
+    ("lrp composite", lambda m: fv.lrp(m, X, composite="epsilon_plus_box")),
+    ("lrp rule name", lambda m: fv.lrp(m, X, rules={"features.9": fv.rules.ZPlus()})),
+    ("lrp rule kind", lambda m: fv.lrp(m, X, rules={"features.2": fv.rules.ZPlus()})),
+]
+
 # Parameterisations, transforms and diversity.
 CALLS += [
     ("class_model pixel", lambda m: fv.class_model(m, [1, 2], steps=2, param="pixel")),

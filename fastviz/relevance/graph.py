@@ -1,0 +1,501 @@
+"""The relevance network: a canonical copy of the user's network whose backward is LRP.
+
+Built once per (network weights, device, dtype, rules) and cached on the `Model`:
+1. a deep copy in eval mode, parameters frozen, every `inplace` off;
+2. canonized: each BatchNorm that only ever sees one conv's output is folded into that conv
+   exactly (`fastviz.lower.fold_batchnorm`; zennit's MergeBatchNorm, but the pairs come from
+   the traced forward, not from the order the modules were registered in);
+3. traced with torch.fx, keeping convs, dense layers, BatchNorms, pools and activations as
+   leaves; every node that computes on a tensor gets what the composite (or the user's rule
+   for that layer name) says:
+   - convs and dense layers: their rule (Epsilon, ZPlus, Gamma, ...);
+   - a sum of two tensors (a residual connection, `x + f(x)`): Norm, each branch keeps its
+     share of the sum, R_a = a * r / stab(a + b);
+   - average pools and means: Norm; element-wise activations and BatchNorms left unfolded:
+     Pass; a product with a sigmoid gate (squeeze-excitation): the gate takes no relevance,
+     the gated branch all of it (Arras et al. 2017); scaling by a constant: Pass;
+   - views, concatenations, padding, max pools, dropout: their own backward, which moves
+     relevance without changing it (a max pool gives it to the maximum: winner takes all);
+   - anything else is refused before anything runs, naming the node, its operation and the
+     module it sits in. Nothing falls back to the plain gradient silently.
+Each rule runs in the backward of a small autograd Function around the node, so the whole
+explanation is one forward and one backward of the copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from ..errors import FastvizError
+from ..lower.fold import fold_batchnorm, unfoldable
+from ..lower.pairs import pairs_fx
+from ..lower.rewrites import plain_conv, replace_module
+from .rules import AFFINE, ELEMENTWISE, LINEAR, Affine, LinearMap, Norm, Pass, Rule, stabilize
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+               nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus)
+AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+             nn.AdaptiveAvgPool3d)
+# modules whose own backward moves relevance without changing its total
+MOVERS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+          nn.AdaptiveMaxPool3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+          nn.Identity, nn.Flatten, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+          nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ChannelShuffle, nn.PixelShuffle,
+          nn.PixelUnshuffle)
+NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
+GATES = (nn.Sigmoid, nn.Hardsigmoid)
+
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__"}
+_DIV = {operator.truediv, operator.itruediv, torch.div, "div", "div_", "__truediv__"}
+_ACT_FUNCS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.sigmoid, F.sigmoid, F.silu, F.gelu,
+              F.hardswish, F.hardsigmoid, torch.tanh, F.tanh, F.elu, F.leaky_relu, F.mish,
+              F.softplus, torch.clamp, "relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min",
+              "clamp_", "hardtanh"}
+_NONNEG_FUNCS = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid, F.hardsigmoid, "relu",
+                 "relu_", "sigmoid"}
+_GATE_FUNCS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid"}
+_POOL_FUNCS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.avg_pool1d,
+               F.avg_pool2d, F.avg_pool3d, torch.mean, "mean", torch.sum, "sum"}
+_MOVER_FUNCS = {torch.flatten, torch.cat, torch.concat, torch.stack, torch.reshape, torch.squeeze,
+                torch.unsqueeze, torch.permute, torch.transpose, torch.chunk, torch.split,
+                operator.getitem, F.pad, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+                F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.dropout,
+                "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
+                "unsqueeze", "chunk", "split", "view_as", "reshape_as", "flatten", "float",
+                "to", "type_as", "clone"}
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Forward: the op as it is. Backward: the op's rule applied to the incoming relevance.
+
+    A rule that needs only the op's own vector-Jacobian product (Epsilon, Norm) keeps the
+    forward's graph for it instead of running the op again in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, op, args, kwargs):
+        args = list(args)
+        ctx.graph = None
+        if op.rule.reuses_forward:
+            with torch.enable_grad():
+                xi = x.detach().requires_grad_(True)
+                args[op.pos] = xi
+                zg = op.fn(*args, **kwargs)
+            ctx.graph = (xi, zg)
+            z = zg.detach()
+        else:
+            args[op.pos] = x
+            z = op.fn(*args, **kwargs)
+            if z is x:
+                z = z.clone()
+        ctx.op, ctx.args, ctx.kwargs = op, args, kwargs
+        if op.keeps:
+            ctx.save_for_backward(x, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, r):
+        op = ctx.op
+        x, z = ctx.saved_tensors if op.keeps else (None, None)
+        layer = op.layer if op.layer is not None else op.linear_map(ctx.args, ctx.kwargs)
+        if ctx.graph is not None:
+            layer = Recorded(layer, *ctx.graph)
+        out = op.rule.relevance(layer, x, z, r, op.nonneg)
+        ctx.graph = None
+        return out, None, None, None
+
+
+class Recorded:
+    """A layer whose vector-Jacobian product with its own weights comes from the recorded
+    forward graph (one backward through it, no second forward)."""
+
+    def __init__(self, layer, xi: torch.Tensor, z: torch.Tensor):
+        self.layer, self.xi, self.z = layer, xi, z
+        self.weight, self.bias = layer.weight, layer.bias
+
+    def vjp(self, x, weight, s):
+        if weight is not self.layer.weight:
+            return self.layer.vjp(x, weight, s)
+        (g,) = torch.autograd.grad(self.z, self.xi, s)
+        return g
+
+
+class RuleOp(nn.Module):
+    """One node of the relevance network: `fn(*args)` forward, `rule` backward to args[pos]."""
+
+    def __init__(self, fn, rule: Rule, layer=None, nonneg: bool = False, name: str = "", pos: int = 0):
+        super().__init__()
+        self.fn, self.rule, self.layer, self.nonneg, self.name, self.pos = fn, rule, layer, nonneg, name, pos
+        self.keeps = not isinstance(rule, Pass)
+        if isinstance(fn, nn.Module):
+            self.inner = fn  # registered, so that .to() and state_dict see the layer
+
+    def linear_map(self, args, kwargs) -> LinearMap:
+        """The op as a linear map of its tensor argument, the other arguments fixed (pools)."""
+        def f(t):
+            a = list(args)
+            a[self.pos] = t
+            return self.fn(*a, **kwargs)
+        return LinearMap(f)
+
+    def forward(self, *args, **kwargs):
+        x = args[self.pos]
+        if not x.requires_grad:
+            return self.fn(*args, **kwargs)
+        return _RuleFunction.apply(x, self, args, kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.rule}"
+
+
+class _SumFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, eps):
+        z = a + b
+        ctx.save_for_backward(a, b, z)
+        ctx.eps = eps
+        return z
+
+    @staticmethod
+    def backward(ctx, r):
+        a, b, z = ctx.saved_tensors
+        s = r / stabilize(z, ctx.eps)
+        ra, rb = a * s, b * s
+        return ra.sum_to_size(a.shape), rb.sum_to_size(b.shape), None
+
+
+class SumOp(nn.Module):
+    """a + b, relevance split in proportion to each branch's share (Norm)."""
+
+    def __init__(self, rule: Norm, name: str = ""):
+        super().__init__()
+        self.rule, self.name = rule, name
+
+    def forward(self, a, b):
+        return _SumFunction.apply(a, b, self.rule.stabilizer)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.rule} (sum of branches)"
+
+
+class _GateFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gate):
+        ctx.gate_shape = gate.shape
+        ctx.gate_meta = (gate.dtype, gate.device)
+        return x * gate
+
+    @staticmethod
+    def backward(ctx, r):
+        dtype, device = ctx.gate_meta
+        return r, torch.zeros(ctx.gate_shape, dtype=dtype, device=device)
+
+
+class GateOp(nn.Module):
+    """x * gate: the gated branch keeps all the relevance, the gate none (Arras et al. 2017)."""
+
+    def __init__(self, gate_first: bool, name: str = ""):
+        super().__init__()
+        self.gate_first, self.name = gate_first, name
+
+    def forward(self, a, b):
+        x, gate = (b, a) if self.gate_first else (a, b)
+        out = _GateFunction.apply(x, gate)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: gate"
+
+
+def _method(name):
+    return lambda x, *args, **kwargs: getattr(x, name)(*args, **kwargs)
+
+
+@dataclass
+class RelevanceNet:
+    """The rewritten copy, and what was decided for each layer."""
+
+    module: torch.fx.GraphModule
+    rules: dict[str, str] = field(default_factory=dict)   # layer / node -> the rule it got
+    folded: list[tuple[str, str]] = field(default_factory=list)  # (conv, bn) folded
+    passed: list[str] = field(default_factory=list)  # BatchNorms left unfolded (Pass)
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (isinstance(m, (_ConvNd, PointwiseConv, nn.Linear, _BatchNorm) + ACTIVATIONS + AVG_POOLS + MOVERS)
+                or super().is_leaf_module(m, qualname))
+
+
+class PointwiseConv(nn.Module):
+    """A 1x1, stride-1, ungrouped conv as one matmul over the channels_last (NHWC) view: the
+    lowering's measured rewrite (`fastviz.lower.fused.Pointwise`: PyTorch sends such convs at
+    small batches to an im2col path that copies and zero-fills), without its fused backward,
+    since the rules call this forward with other weights."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].contiguous(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+def _pointwise(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def _rewrite_convs(net: nn.Module) -> None:
+    """Each conv's zero-padding module folded into its own padding, and 1x1 convs as matmuls
+    (`fastviz.lower.rewrites.plain_conv`, checked there). Exact for every rule: a kernel grown
+    by a zero tap meets only padding, which holds no input and gets no relevance."""
+    for _, conv in list(net.named_modules()):
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        plain = plain_conv(conv)
+        if plain is None:
+            continue
+        new = PointwiseConv(plain) if _pointwise(plain) else plain
+        if new is not conv:
+            replace_module(net, conv, new)
+
+
+def canonical_copy(net: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
+    """A frozen eval deep copy with `inplace` off, every foldable conv -> BN pair folded and the
+    convs rewritten for speed (`_rewrite_convs`)."""
+    new = copy.deepcopy(net)
+    new.eval()
+    for p in new.parameters():
+        p.requires_grad_(False)
+    for m in new.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    modules = dict(new.named_modules())
+    folded = []
+    for c in pairs_fx(new):
+        if c.conv is None or c.reason or unfoldable(modules[c.conv], modules[c.bn]):
+            continue
+        fold_batchnorm(modules[c.conv], modules[c.bn])
+        replace_module(new, modules[c.bn], nn.Identity())
+        folded.append((c.conv, c.bn))
+    _rewrite_convs(new)
+    new.to(memory_format=torch.channels_last)  # 4-D weights; the input goes channels_last too
+    return new, folded
+
+
+def _where(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, kind = list(stack.values())[-1]
+        kind = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
+        return f" in {path or 'the network'} ({kind})"
+    return ""
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _carries_tensor(meta) -> bool:
+    if isinstance(meta, TensorMetadata):
+        return True
+    if isinstance(meta, (list, tuple)):
+        return any(_carries_tensor(m) for m in meta)
+    if isinstance(meta, dict):
+        return any(_carries_tensor(m) for m in meta.values())
+    return False
+
+
+def _is_tensor(a) -> bool:
+    return isinstance(a, torch.fx.Node) and isinstance(a.meta.get("tensor_meta"), TensorMetadata)
+
+
+class _Builder:
+    """Walks the traced graph once, in execution order, giving every tensor node its rule."""
+
+    def __init__(self, gm: torch.fx.GraphModule, assign, result: RelevanceNet):
+        self.gm, self.assign, self.result = gm, assign, result
+        self.modules = dict(gm.named_modules())
+        self.nonneg: dict[torch.fx.Node, bool] = {}
+        self.gates: set[torch.fx.Node] = set()
+        self.installed: dict[int, RuleOp] = {}  # id(module) -> its RuleOp (a module used twice)
+        self.first = True
+        self.count = 0
+
+    def install(self, node, op: nn.Module, args=None) -> None:
+        name = f"_lrp{self.count}"
+        self.count += 1
+        self.gm.add_submodule(name, op)
+        node.op, node.target = "call_module", name
+        if args is not None:
+            node.args, node.kwargs = args, {}
+
+    def wrap_module(self, node, m, rule, layer, nonneg=False) -> None:
+        """Replace `m` by a RuleOp everywhere; a module called again keeps its RuleOp, and its
+        `nonneg` holds only if it holds on every call."""
+        op = self.installed.get(id(m))
+        if op is None:
+            op = RuleOp(m, rule, layer, nonneg=nonneg, name=node.target)
+            _swap(self.gm, m, op)
+            self.installed[id(m)] = op
+            self.result.rules[node.target] = repr(rule)
+        else:
+            op.nonneg = op.nonneg and nonneg
+
+    def run(self) -> None:
+        for node in list(self.gm.graph.nodes):
+            if node.op in ("placeholder", "output", "get_attr"):
+                self.nonneg[node] = False
+            elif _carries_tensor(node.meta.get("tensor_meta")):
+                if node.op == "call_module":
+                    self.module_node(node)
+                else:
+                    self.function_node(node)
+
+    def module_node(self, node) -> None:
+        m = self.modules[node.target]
+        name = node.target
+        args = [a for a in node.args if _is_tensor(a)]
+        src_nonneg = bool(args) and all(self.nonneg.get(a, False) for a in args)
+        self.nonneg[node] = False
+        if isinstance(m, (_ConvNd, PointwiseConv, nn.Linear)):
+            if getattr(m, "transposed", False):
+                raise FastvizError(f"lrp: layer {name!r} is a transposed convolution; no rule here covers it")
+            rule = self.installed[id(m)].rule if id(m) in self.installed else self.assign(
+                name, "dense" if isinstance(m, nn.Linear) else "conv", m, self.first)
+            self.first = False
+            _check_kind(rule, AFFINE, name, type(m).__name__)
+            self.wrap_module(node, m, rule, Affine(m), nonneg=src_nonneg)
+        elif isinstance(m, (_BatchNorm,) + ACTIVATIONS):
+            kind = "batchnorm" if isinstance(m, _BatchNorm) else "activation"
+            rule = self.installed[id(m)].rule if id(m) in self.installed else self.assign(name, kind, m, False)
+            _check_kind(rule, ELEMENTWISE, name, type(m).__name__)
+            if kind == "batchnorm" and name not in self.result.passed:
+                self.result.passed.append(name)
+            self.wrap_module(node, m, rule, None)
+            self.nonneg[node] = isinstance(m, NONNEG_MODULES) or (isinstance(m, nn.Hardtanh) and m.min_val >= 0)
+            if isinstance(m, GATES):
+                self.gates.add(node)
+        elif isinstance(m, AVG_POOLS):
+            rule = self.installed[id(m)].rule if id(m) in self.installed else self.assign(name, "pool", m, False)
+            _check_kind(rule, LINEAR, name, type(m).__name__)
+            self.wrap_module(node, m, rule, LinearMap(m))
+            self.nonneg[node] = src_nonneg
+        elif isinstance(m, MOVERS):
+            self.nonneg[node] = src_nonneg
+        else:
+            raise FastvizError(
+                f"lrp: layer {name!r} ({type(m).__name__}) has no LRP rule: convolutions, dense "
+                f"layers, BatchNorm, element-wise activations, pools, sums, views and "
+                f"concatenations are covered (transformer blocks are not: attention needs rules "
+                f"of its own, AttnLRP, which fastviz does not have yet)")
+
+    def function_node(self, node) -> None:
+        target = node.target
+        label = f"{node.name} ({_op_name(node)}{_where(node)})"
+        args = [a for a in node.args if _is_tensor(a)]
+        src_nonneg = bool(args) and all(self.nonneg.get(a, False) for a in args)
+        self.nonneg[node] = False
+        others = [a for a in [*node.args, *node.kwargs.values()] if isinstance(a, torch.fx.Node) and a not in args]
+        if target in _MOVER_FUNCS:
+            self.nonneg[node] = src_nonneg
+            return
+        if len(args) == 1 and not any(_carries_tensor(a.meta.get("tensor_meta")) for a in others):
+            pos = node.args.index(args[0])
+            if node.kwargs.get("inplace"):
+                node.kwargs = {**node.kwargs, "inplace": False}
+            if target in _ADD or target in _MUL or (target in _DIV and pos == 0) or target in _ACT_FUNCS:
+                # an activation, or a constant added or scaling: element-wise, relevance passes
+                self.install(node, RuleOp(_call(target), Pass(), name=label, pos=pos))
+                self.nonneg[node] = (target in _NONNEG_FUNCS or (target in _ADD | _MUL and src_nonneg)
+                                     or (target in ("clamp", "clamp_min", torch.clamp) and _min_at_least_zero(node)))
+                if target in _GATE_FUNCS:
+                    self.gates.add(node)
+                return
+            if target in _POOL_FUNCS:
+                rule = self.assign(label, "pool", None, False)
+                _check_kind(rule, LINEAR, label, _op_name(node))
+                self.install(node, RuleOp(_call(target), rule, name=label, pos=pos))
+                self.result.rules[label] = repr(rule)
+                self.nonneg[node] = src_nonneg
+                return
+        if len(args) == 2 and len(node.args) == 2 and not node.kwargs:
+            if target in _ADD:
+                rule = self.assign(label, "sum", None, False)
+                _check_kind(rule, LINEAR, label, "sum")
+                self.install(node, SumOp(rule, name=label), args=tuple(args))
+                self.result.rules[label] = repr(rule)
+                self.nonneg[node] = src_nonneg
+                return
+            if target in _MUL and any(a in self.gates for a in args):
+                gate_first = args[0] in self.gates
+                self.install(node, GateOp(gate_first, name=label), args=tuple(args))
+                self.result.rules[label] = "gate"
+                self.nonneg[node] = self.nonneg.get(args[1 if gate_first else 0], False)
+                return
+        raise FastvizError(f"lrp: the network computes {label}, which no LRP rule covers; covered: "
+                           f"convolutions, dense layers, BatchNorm, element-wise activations, "
+                           f"pools, sums of two branches, sigmoid gates, scaling by a constant, "
+                           f"views and concatenations")
+
+
+def build(net: nn.Module, x: torch.Tensor, assign) -> RelevanceNet:
+    """The relevance network of `net` for inputs like `x` (normalised, one row is enough).
+
+    Args:
+        net: the user's network (read only).
+        x: (1, C, H, W) an input it takes, to tell tensors from sizes in the trace.
+        assign: (name, kind, module, first) -> Rule: the composite and the user's rules; kind is
+            "conv", "dense", "batchnorm", "activation", "pool" or "sum".
+    """
+    new, folded = canonical_copy(net)
+    try:
+        gm = torch.fx.GraphModule(new, _Tracer().trace(new))
+    except Exception as e:  # data-dependent control flow, ...
+        why = str(e).splitlines()[0][:160] if str(e) else ""
+        raise FastvizError(f"lrp: cannot trace {type(net).__name__} with torch.fx ({type(e).__name__}: "
+                           f"{why}); LRP needs the whole forward as a graph to give every "
+                           f"operation a rule") from None
+    with torch.no_grad():
+        ShapeProp(gm).propagate(x)
+    result = RelevanceNet(gm, folded=folded)
+    _Builder(gm, assign, result).run()
+    gm.graph.lint()
+    gm.recompile()
+    return result
+
+
+def _swap(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` in every place `old` is registered (found first: `new` holds `old` inside)."""
+    places = [(parent, k) for _, parent in root.named_modules(remove_duplicate=False)
+              for k, child in parent._modules.items() if child is old]
+    for parent, k in places:
+        parent._modules[k] = new
+
+
+def _call(target):
+    return _method(target) if isinstance(target, str) else target
+
+
+def _min_at_least_zero(node) -> bool:
+    lo = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+    return isinstance(lo, (int, float)) and lo >= 0
+
+
+def _check_kind(rule: Rule, kind: str, name: str, what: str) -> None:
+    if kind not in rule.kinds:
+        raise FastvizError(f"rules: {rule} does not apply to {name!r} ({what}, {kind}); it applies "
+                           f"to {' and '.join(rule.kinds)} layers")
