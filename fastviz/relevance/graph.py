@@ -231,6 +231,26 @@ class RelevanceNet:
 
 
 class _Tracer(torch.fx.Tracer):
+    """Keeps the layers rules apply to as leaves, and notes in each node's meta["where"] the
+    module (path, class) whose forward it belongs to, for messages."""
+
+    def __init__(self):
+        super().__init__()
+        self._inside: list[tuple[str, str]] = []
+
+    def call_module(self, m, forward, args, kwargs):
+        self._inside.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._inside.pop()
+
+    def create_node(self, *args, **kwargs):
+        node = super().create_node(*args, **kwargs)
+        if self._inside:
+            node.meta["where"] = self._inside[-1]
+        return node
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (isinstance(m, (_ConvNd, PointwiseConv, nn.Linear, _BatchNorm) + ACTIVATIONS + AVG_POOLS + MOVERS)
                 or super().is_leaf_module(m, qualname))
@@ -296,12 +316,8 @@ def canonical_copy(net: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
 
 
 def _where(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        path, kind = list(stack.values())[-1]
-        kind = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
-        return f" in {path or 'the network'} ({kind})"
-    return ""
+    path, kind = node.meta.get("where", ("", ""))
+    return f" in {path or 'the forward'}{f' ({kind})' if kind else ''}"
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -446,7 +462,9 @@ class _Builder:
                 self.result.rules[label] = "gate"
                 self.nonneg[node] = self.nonneg.get(args[1 if gate_first else 0], False)
                 return
-        raise FastvizError(f"lrp: the network computes {label}, which no LRP rule covers; covered: "
+        why = (": a product or quotient of two tensors that is not a sigmoid gate times a signal"
+               if target in _MUL or target in _DIV else "")
+        raise FastvizError(f"lrp: the network computes {label}{why}, which no LRP rule covers; covered: "
                            f"convolutions, dense layers, BatchNorm, element-wise activations, "
                            f"pools, sums of two branches, sigmoid gates, scaling by a constant, "
                            f"views and concatenations")
@@ -461,8 +479,8 @@ def build(net: nn.Module, x: torch.Tensor, assign) -> RelevanceNet:
         assign: (name, kind, module, first) -> Rule: the composite and the user's rules; kind is
             "conv", "dense", "batchnorm", "activation", "pool" or "sum".
     """
-    new, folded = canonical_copy(net)
     try:
+        new, folded = canonical_copy(net)
         gm = torch.fx.GraphModule(new, _Tracer().trace(new))
     except Exception as e:  # data-dependent control flow, ...
         why = str(e).splitlines()[0][:160] if str(e) else ""
