@@ -72,7 +72,8 @@ def test_resnet18_equals_zennit_with_an_exact_merge(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", COMPOSITES)
 def test_vgg16_equals_zennit(name):
-    """No BatchNorm: the same operations in the same order, so the same floats (measured 0.0)."""
+    """No BatchNorm to fold: the same arithmetic; what is left is float32 rounding of other
+    kernels (fastviz runs channels_last), measured 1.8e-6 .. 2.3e-6."""
     from zennit.torchvision import VGGCanonizer
 
     torch.manual_seed(0)
@@ -80,7 +81,7 @@ def test_vgg16_equals_zennit(name):
     x, t = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 7])
     r = fv.lrp(m, x, t, composite=name)
     z = zh.zennit_lrp(m, x, t, name, [VGGCanonizer()])
-    assert rel_diff(r.relevance, z) < 1e-6
+    assert rel_diff(r.relevance, z) < 1e-5
 
 
 @pytest.mark.slow
