@@ -85,7 +85,7 @@ class _RuleFunction(torch.autograd.Function):
     def forward(ctx, x, op, args, kwargs):
         args = list(args)
         ctx.graph = None
-        if op.rule.reuses_forward:
+        if op.rule.reuses(op.nonneg):
             with torch.enable_grad():
                 xi = x.detach().requires_grad_(True)
                 args[op.pos] = xi
@@ -121,6 +121,9 @@ class Recorded:
     def __init__(self, layer, xi: torch.Tensor, z: torch.Tensor):
         self.layer, self.xi, self.z = layer, xi, z
         self.weight, self.bias = layer.weight, layer.bias
+
+    def __getattr__(self, name):  # f, param, bias_like, ...: the layer's
+        return getattr(self.layer, name)
 
     def vjp(self, x, weight, s):
         if weight is not self.layer.weight:
