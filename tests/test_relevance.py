@@ -326,3 +326,38 @@ def test_top1_target_and_result_fields():
         [p[0][0] for p in fv.predict(m, x, k=1)]))
     assert r.maps.shape == (2, 32, 32) and r.composite == "epsilon_plus_flat"
     torch.testing.assert_close(r.conservation, r.relevance.flatten(1).sum(1) / r.logits)
+
+
+# -- timm's CNNs (random weights; the any-model table will extend this) ----------------------------
+TIMM_WORKS = ["resnet50d", "efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "densenet121",
+              "ghostnet_100", "repvgg_a0", "resnext26ts", "dla34", "rexnet_100", "mobilenetv2_050"]
+TIMM_REFUSED = {
+    "convnext_atto": r"layer_norm .*LayerNorm2d.* AttnLRP",
+    "vit_tiny_patch16_224": r"does not run on an input of shape|layer_norm",
+    "vgg11": "cannot trace VGG with torch.fx",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_WORKS)
+def test_timm_cnns_are_explained(name):
+    """SiLU, Hardswish, squeeze-excitation gates (sigmoid and hard sigmoid), grouped and
+    depthwise convs, concatenations, three-way sums: finite relevance of the input's shape, the
+    model unchanged."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    r = fv.lrp(fv.Model(net, **IMAGENET), torch.rand(2, 3, 96, 96), [1, 2])
+    assert r.relevance.shape == (2, 3, 96, 96) and torch.isfinite(r.relevance).all()
+    assert r.relevance.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TIMM_REFUSED))
+def test_timm_models_lrp_cannot_cover_are_refused_by_name(name):
+    timm = pytest.importorskip("timm")
+    net = timm.create_model(name, pretrained=False).eval()
+    with pytest.raises(fv.FastvizError, match=TIMM_REFUSED[name]):
+        fv.lrp(fv.Model(net, **IMAGENET), torch.rand(1, 3, 96, 96))

@@ -75,6 +75,10 @@ _MOVER_FUNCS = {torch.flatten, torch.cat, torch.concat, torch.stack, torch.resha
                 "to", "type_as", "clone"}
 
 
+_TRANSFORMER_OPS = {"layer_norm", "softmax", "scaled_dot_product_attention", "matmul", "bmm", "baddbmm",
+                    "einsum", "group_norm", "_assert"}
+
+
 class _RuleFunction(torch.autograd.Function):
     """Forward: the op as it is. Backward: the op's rule applied to the incoming relevance.
 
@@ -467,6 +471,9 @@ class _Builder:
                 return
         why = (": a product or quotient of two tensors that is not a sigmoid gate times a signal"
                if target in _MUL or target in _DIV else "")
+        if _op_name(node) in _TRANSFORMER_OPS:
+            why += (" (a transformer's operation: attention and layer norms need rules of their own, "
+                    "AttnLRP, which fastviz does not have yet)")
         raise FastvizError(f"lrp: the network computes {label}{why}, which no LRP rule covers; covered: "
                            f"convolutions, dense layers, BatchNorm, element-wise activations, "
                            f"pools, sums of two branches, sigmoid gates, scaling by a constant, "
@@ -490,8 +497,14 @@ def build(net: nn.Module, x: torch.Tensor, assign) -> RelevanceNet:
         raise FastvizError(f"lrp: cannot trace {type(net).__name__} with torch.fx ({type(e).__name__}: "
                            f"{why}); LRP needs the whole forward as a graph to give every "
                            f"operation a rule") from None
-    with torch.no_grad():
-        ShapeProp(gm).propagate(x)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x)
+    except Exception as e:  # the traced copy does not run on this input (a fixed-size model, ...)
+        cause = e.__cause__ or e
+        why = str(cause).splitlines()[0][:200] if str(cause) else ""
+        raise FastvizError(f"x: {type(net).__name__} does not run on an input of shape "
+                           f"{tuple(x.shape[1:])} ({type(cause).__name__}: {why})") from None
     result = RelevanceNet(gm, folded=folded)
     _Builder(gm, assign, result).run()
     gm.graph.lint()
