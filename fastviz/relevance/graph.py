@@ -72,7 +72,7 @@ _MOVER_FUNCS = {torch.flatten, torch.cat, torch.concat, torch.stack, torch.resha
                 F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.dropout,
                 "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
                 "unsqueeze", "chunk", "split", "view_as", "reshape_as", "flatten", "float",
-                "to", "type_as", "clone"}
+                "to", "type_as", "clone", "expand", "expand_as", "repeat"}
 
 
 _TRANSFORMER_OPS = {"layer_norm", "softmax", "scaled_dot_product_attention", "matmul", "bmm", "baddbmm",
