@@ -134,9 +134,9 @@ def _per_channel(value, channels: int) -> tuple[float, ...]:
 
 def _normalised(m: Model, value, channels: int) -> tuple[float, ...]:
     """A bound in [0, 1] image units as the network sees it: (v - mean) / std per channel."""
-    v = _per_channel(value, channels)
     if m.mean is None:
-        return v
+        return value  # the network takes the image as it is: the bound as given
+    v = _per_channel(value, channels)
     return tuple((b - mu) / sd for b, mu, sd in zip(v, m.mean, m.std))
 
 

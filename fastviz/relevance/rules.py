@@ -29,11 +29,12 @@ skip the terms of the negative input part, which are exactly zero then.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
 
+from .. import checks
 from ..errors import FastvizError
 
 AFFINE = "affine"      # convolutions and dense layers: weights and maybe a bias
@@ -148,6 +149,18 @@ class Rule:
     """Base of the LRP rules: which layer kinds it applies to, and `relevance`."""
 
     kinds = (AFFINE,)
+
+    def __post_init__(self):
+        """Every parameter a finite number >= 0 (z-box's bounds: any number, or one per channel)."""
+        for f in fields(self):
+            value, name = getattr(self, f.name), f"{type(self).__name__}.{f.name}"
+            if f.name in ("low", "high"):
+                value = (checks.floats(value, name) if isinstance(value, (list, tuple, torch.Tensor))
+                         else checks.number(value, name))
+            else:
+                value = checks.number(value, name, 0)
+            object.__setattr__(self, f.name, value)
+
     reuses_forward = False  # True: needs the layer's own vjp (kept from the forward's graph)
 
     def reuses(self, nonneg: bool) -> bool:
@@ -212,7 +225,8 @@ class AlphaBeta(Rule):
     stabilizer: float = 1e-6
 
     def __post_init__(self):
-        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-12:
+        super().__post_init__()
+        if abs(self.alpha - self.beta - 1.0) > 1e-12:
             raise FastvizError(f"AlphaBeta: expected alpha, beta >= 0 with alpha - beta = 1, "
                                f"got alpha={self.alpha}, beta={self.beta}")
 
@@ -287,7 +301,12 @@ def _plus_minus(layer) -> tuple:
 
 def _bound(value, x: torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
-    if t.dim() == 1:  # one value per channel
+    if t.dim() == 1 and x.dim() == 2:  # one value per channel of a flattened (B, C*H*W) image
+        if x.shape[1] % t.numel():
+            raise FastvizError(f"ZBox: {t.numel()} bounds (one per channel) for a dense first layer "
+                               f"of {x.shape[1]} inputs")
+        t = t.repeat_interleave(x.shape[1] // t.numel())
+    elif t.dim() == 1:  # one value per channel
         t = t.view(1, -1, *([1] * (x.dim() - 2)))
     return t.expand_as(x)
 
