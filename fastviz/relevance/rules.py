@@ -47,7 +47,7 @@ def stabilize(v: torch.Tensor, eps: float) -> torch.Tensor:
 
     (copysign gives -eps at -0.0 where zennit's sign gives +eps; a -0.0 output has only zero
     contributions below it, which get 0 relevance either way.)"""
-    return v + torch.copysign(torch.tensor(eps, dtype=v.dtype, device=v.device), v)
+    return v + torch.copysign(torch.full((), eps, dtype=v.dtype, device=v.device), v)  # no host copy
 
 
 class Affine:
