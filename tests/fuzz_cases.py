@@ -405,6 +405,21 @@ def _cases() -> list[Case]:
         st.one_of(st.integers(), st.none(), st.just([0, 1])))
     add("neighbour_agreement", "points", "tensor", lambda m, v: fv.neighbour_agreement(v, [0, 1, 0]),
         st.one_of(st.none(), st.text(min_size=1, max_size=3), st.just(torch.full((3, 2), math.nan)), st.just([[1, 2], [3]])))
+    # layer-wise relevance propagation
+    add("lrp", "x", "images", lambda m, v: fv.lrp(m, v), images)
+    add("lrp", "target", "class", lambda m, v: fv.lrp(m, X, v))
+    add("lrp", "composite", "choice", lambda m, v: fv.lrp(m, X, composite=v),
+        st.one_of(st.text(max_size=8), st.integers(), st.none()))
+    for arg in ("epsilon", "gamma", "stabilizer"):
+        add("lrp", arg, "nonneg_float", lambda m, v, arg=arg: fv.lrp(m, X, **{arg: v}),
+            st.one_of(st.floats(max_value=-1e-9), NAN_INF, *_wrong_types()))
+    for arg in ("low", "high"):
+        add("lrp", arg, "floats", lambda m, v, arg=arg: fv.lrp(m, X, composite="epsilon_gamma_box", **{arg: v}),
+            st.one_of(NAN_INF, st.text(min_size=1, max_size=3), st.just([0.0, 1.0]), st.just([]), st.none()))
+    add("lrp", "rules", "type", lambda m, v: fv.lrp(m, X, rules=v),
+        st.one_of(st.integers(), st.text(min_size=1, max_size=3), st.just({"nope": fv.rules.ZPlus()}),
+                  st.just({"fc": "epsilon"}), st.just({"features.2": fv.rules.ZPlus()}),
+                  st.just({"features.1": fv.rules.Epsilon()}), st.just([("fc", fv.rules.Epsilon())])))
     add("demo_set", "per_photo", "pos_int", lambda m, v: fv.demo_set(per_photo=v))
     add("demo_set", "size", "pos_int", lambda m, v: fv.demo_set(per_photo=1, size=v),
         st.one_of(st.integers(max_value=7), st.integers(min_value=10 ** 5), st.floats(), st.text(max_size=2)))
