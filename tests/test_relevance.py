@@ -330,7 +330,9 @@ def test_top1_target_and_result_fields():
 
 # -- timm's CNNs (random weights; the any-model table will extend this) ----------------------------
 TIMM_WORKS = ["resnet50d", "efficientnet_b0", "mobilenetv3_small_100", "regnetx_002", "densenet121",
-              "ghostnet_100", "repvgg_a0", "resnext26ts", "dla34", "rexnet_100", "mobilenetv2_050"]
+              "ghostnet_100", "repvgg_a0", "resnext26ts", "dla34", "rexnet_100", "mobilenetv2_050",
+              "inception_v3"]
+SIZE = {"inception_v3": 160}
 TIMM_REFUSED = {
     "convnext_atto": r"layer_norm .*LayerNorm2d.* AttnLRP",
     "vit_tiny_patch16_224": r"does not run on an input of shape|layer_norm",
@@ -348,8 +350,9 @@ def test_timm_cnns_are_explained(name):
     torch.manual_seed(0)
     net = timm.create_model(name, pretrained=False).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    r = fv.lrp(fv.Model(net, **IMAGENET), torch.rand(2, 3, 96, 96), [1, 2])
-    assert r.relevance.shape == (2, 3, 96, 96) and torch.isfinite(r.relevance).all()
+    side = SIZE.get(name, 96)
+    r = fv.lrp(fv.Model(net, **IMAGENET), torch.rand(2, 3, side, side), [1, 2])
+    assert r.relevance.shape == (2, 3, side, side) and torch.isfinite(r.relevance).all()
     assert r.relevance.abs().sum() > 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
