@@ -89,10 +89,10 @@ def gradient(model, x, target: Target = None, *, guided: bool = False, deconv: b
         m = lowered(m, x, keep=[neuron.layer] if neuron is not None else (), activations=not deconv)
     with session(m, no_inplace=deconv) as s:
         if guided and _guide(s) == 0:
-            warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
+            warnings.warn(f"{m.name} has no activation module (ReLU, ReLU6, GELU, SiLU, ...): guided backprop equals "
                           f"the plain gradient", stacklevel=3)
         if deconv and _deconv_rule(s) == 0:
-            warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: deconvnet equals "
+            warnings.warn(f"{m.name} has no activation module (ReLU, ReLU6, GELU, SiLU, ...): deconvnet equals "
                           f"the plain gradient", stacklevel=3)
         xi = x.detach().requires_grad_(True)
         if neuron is not None:

@@ -213,7 +213,7 @@ def guided_gradcam(model, x, target=None, *, layer: str | None = None) -> torch.
     m, x, cam, used = _gradcam(model, x, target, layer, True)
     with session(m) as s:
         if guided(s) == 0:
-            warnings.warn(f"{m.name} has no nn.ReLU / nn.ReLU6 module: guided backprop equals "
+            warnings.warn(f"{m.name} has no activation module (ReLU, ReLU6, GELU, SiLU, ...): guided backprop equals "
                           f"the plain gradient", stacklevel=2)
         xi = x.detach().requires_grad_(True)
         # The device targets of the Grad-CAM pass, gathered as they are: no host sync.

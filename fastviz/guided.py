@@ -17,6 +17,10 @@ hooks `DeconvReLU`, which takes the module's input and output and sends the clam
 straight to the input, so the module's own backward (and its mask) never runs. It needs
 `session(..., no_inplace=True)`: an inplace activation overwrites the input it would route to.
 
+Every element-wise activation module takes part (`GUIDED_MODULES`): on GELU, SiLU, Hardswish,
+ELU, ... guided backprop passes only positive incoming gradients at each of them, and deconvnet
+sends relu(incoming gradient) to each one's input; a network with none of them is warned about.
+
 Not covered: activations applied functionally inside a `forward` (`F.relu`, `torch.relu`,
 `x.clamp(min=0)`), which no module hook can see. torchvision's DenseNet applies `F.relu` after
 its last block: guided maps there are guided everywhere but at that one activation.
@@ -29,7 +33,12 @@ from torch import nn
 
 from .hooks import Session
 
-GUIDED_MODULES = (nn.ReLU, nn.ReLU6)
+# ReLU and ReLU6 give guided backprop as Springenberg et al. define it. On the smooth and
+# piecewise activations of newer networks the same rule applies: only positive incoming gradients
+# pass each activation, whose own backward then multiplies by its derivative (SiLU's and GELU's
+# dip below zero, so there the map is "positive gradients at every non-linearity", not a mask).
+GUIDED_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+                  nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Softplus)
 
 
 class GuidedReLU(torch.autograd.Function):
@@ -55,7 +64,7 @@ def _guide(module: nn.Module, inputs, output):
 
 
 def guided(session: Session) -> int:
-    """Route every ReLU / ReLU6 module through `GuidedReLU` until the session ends.
+    """Route every activation module (`GUIDED_MODULES`) through `GuidedReLU` until the session ends.
 
     Returns the number of modules guided (0 means guided backprop equals the plain gradient:
     callers warn about that).
@@ -64,7 +73,7 @@ def guided(session: Session) -> int:
 
 
 def _hook_activations(session: Session, hook) -> int:
-    """Add `hook` as a forward hook of every ReLU / ReLU6 module for the session; how many."""
+    """Add `hook` as a forward hook of every activation module for the session; how many."""
     modules = [m for m in session.model.module.modules() if isinstance(m, GUIDED_MODULES)]
     for module in modules:
         session.add_forward_hook(module, hook)
@@ -98,7 +107,7 @@ def _deconv(module: nn.Module, inputs, output):
 
 
 def deconvnet(session: Session) -> int:
-    """Route every ReLU / ReLU6 module's backward through `DeconvReLU` until the session ends.
+    """Route every activation module's backward through `DeconvReLU` until the session ends.
 
     The session must have been opened with ``no_inplace=True``. Returns the number of modules.
     """

@@ -37,3 +37,32 @@ def test_deconv_relu_ignores_the_forward_input():
     g = torch.randn(20)
     (got,) = torch.autograd.grad(DeconvReLU.apply(x, y), x, g)
     torch.testing.assert_close(got, g.clamp_min(0))
+
+
+def test_guided_backprop_on_silu_and_gelu_passes_positive_gradients_only():
+    """conv -> act -> conv -> sum: guided = W1^T (act'(z1) * relu(W2^T 1)), not the gradient."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    import fastviz as fv
+
+    for act, deriv in ((nn.SiLU(), lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))),
+                       (nn.GELU(), None)):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, nn.Conv2d(4, 1, 3, padding=1),
+                            nn.Flatten(), nn.Linear(64, 1)).eval()
+        x = torch.rand(1, 3, 8, 8)
+        g = fv.guided_backprop(net, x, 0)
+        plain = fv.gradient(net, x, 0)[0]
+        assert (g - plain).abs().max() > 1e-4  # never the plain gradient under a guided name
+        xi = x.clone().requires_grad_(True)
+        z1 = net[0](xi)
+        zd = z1.detach().requires_grad_(True)
+        a = act(zd)
+        out = net[4](net[3](net[2](a)))
+        (up,) = torch.autograd.grad(out.sum(), a)
+        (down,) = torch.autograd.grad(act(zd), zd, up.clamp(min=0))  # act' * relu(incoming)
+        (want,) = torch.autograd.grad(z1, xi, down)
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
+        if deriv is not None:  # the activation's own derivative is what multiplied
+            torch.testing.assert_close(down, deriv(zd.detach()) * up.clamp(min=0), rtol=1e-5, atol=1e-7)
