@@ -71,6 +71,8 @@ class Affine:
     def f(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         params = {"weight": weight}
         if self.bias is not None:
+            if bias is None and weight.shape[0] != self.weight.shape[0]:
+                bias = weight.new_zeros(weight.shape[0])  # a weight with other output channels
             params["bias"] = bias if bias is not None else torch.zeros_like(self.bias)
         return torch.func.functional_call(self.module, params, (x,))
 
@@ -195,9 +197,9 @@ class ZPlus(Rule):
     def relevance(self, layer, x, z, r, nonneg=False):
         # z+ >= 0 (a sum of non-negative terms), so stab(z+) = z+ + eps
         stab = lambda v: v.clamp(min=0) + self.stabilizer  # noqa: E731
-        if nonneg:  # x = x+: one modified forward and its vjp
+        if nonneg:  # x = x+: one modified forward and its vjp; z+ = W+ x + b+ is >= 0 exactly
             wp, bp, _ = _plus_minus(layer)
-            grads, leaves = layer.outputs_and_vjp([(x, wp, bp)], stab, r)
+            grads, leaves = layer.outputs_and_vjp([(x, wp, bp)], lambda v: v.add_(self.stabilizer), r)
             return x * grads[0]
         # W+ x+ + W- x- = (W x + |W| |x|) / 2 (check the four sign cases), with W x = z - b
         # from the forward: one modified forward instead of two. The vjp splits the same way:
@@ -319,6 +321,12 @@ class Flat(Rule):
     stabilizer: float = 1e-6
 
     def relevance(self, layer, x, z, r, nonneg=False):
+        if getattr(layer.module, "groups", 1) == 1:
+            # Every output channel has the same denominator (the count of its receptive field), so
+            # the channels add first and one single-channel transposed pass spreads them: the same
+            # sum in another order, at 1/C_out of the cost (resnet18's stem: 64 channels).
+            one = layer.param("ones1", lambda: torch.ones_like(layer.weight[:1]))
+            return _shared(layer, torch.ones_like(x), one, None, self.stabilizer, r.sum(1, keepdim=True))
         ones = layer.param("ones", lambda: torch.ones_like(layer.weight))
         return _shared(layer, torch.ones_like(x), ones, None, self.stabilizer, r)
 
