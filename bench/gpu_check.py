@@ -65,7 +65,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="out/gpu_check")
     ap.add_argument("--budget", type=float, default=240.0, help="seconds for the whole script")
-    ap.add_argument("--only", default="", help="comma-separated sections to run (floor,loop,amp,kernel,1000)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (floor,lrp,loop,amp,kernel,1000)")
     ap.add_argument("--quick-kernel", action="store_true", help="kernel section: 64x3x224x224 only")
     args = ap.parse_args()
     out = Path(args.out)
@@ -180,7 +180,28 @@ def main() -> int:
         small = torch.nn.functional.interpolate(r.images[:100], size=112, mode="area")
         fv.save_image(fv.grid(small, nrow=10), out / "class_models.png")
 
+    def relevance():
+        # LRP (epsilon-plus-flat) beside the floor of the same batch, and its agreement with the
+        # CPU result (the rules run in autograd Functions; nothing CUDA-specific is expected).
+        x = fv.load_images(list(fv.sample_images().values())).cuda()
+        x = x.repeat(-(-8 // x.shape[0]), 1, 1, 1)[:8].contiguous()
+        for _ in range(2):
+            fv.lrp(model, x, 285)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            r = fv.lrp(model, x, 285)
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t) / 10 * 1e3
+        cpu = fv.lrp(fv.load_model(), x[:2].cpu(), 285).relevance
+        diff = float((r.relevance[:2].cpu() - cpu).norm() / cpu.norm())
+        res["lrp"] = {"ms_b8": ms, "floor_ms_b8": res.get("floor_ms", {}).get(8), "cpu_rel_diff": diff}
+        fl = res["lrp"]["floor_ms_b8"]
+        rows.append(("lrp b8 ms (ratio to floor); rel. diff to the CPU",
+                     f"{ms:.2f}" + (f" ({ms / fl:.2f}x)" if fl else "") + f"; {diff:.1e}"))
+
     section("floor", floors)
+    section("lrp", relevance)
     section("loop", loops)
     section("amp", amps)
     section("kernel", kernel)
