@@ -56,7 +56,7 @@ def from_timm(net: nn.Module, name: str | None = None):
                  labels=labels, name=name or cfg.get("architecture") or type(net).__name__)
 
 
-def load_timm(name: str, weights) -> "Model":  # noqa: F821 (Model: imported lazily)
+def load_timm(name: str, weights):
     """timm's `name` built with `pretrained=False`, its weights from `weights` (a file) or random."""
     timm = _timm()
     if weights == "default":
