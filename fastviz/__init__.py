@@ -23,6 +23,7 @@ from .objectives import channel, class_score, dream, neurons
 from .regularizers import Yosinski
 from .render import class_model, deepdream, feature, invert, neuron, render_objective
 from .targets import Neuron
+from .transformer import attention_rollout, transformer_attribution
 from .objectives import diversity
 from .param import FFT, Maco, Pixel
 from .transforms import Transforms
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "atlas",
+    "attention_rollout",
     "AtlasResult",
     "as_model",
     "channel",
@@ -80,6 +82,7 @@ __all__ = [
     "randomization_check",
     "RandomizationResult",
     "Render",
+    "transformer_attribution",
     "rules",
     "render_objective",
     "road",

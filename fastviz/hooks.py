@@ -166,7 +166,7 @@ def on_device(model: Model, device) -> Iterator[torch.device]:
 
 @contextlib.contextmanager
 def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
-            no_inplace: bool = False) -> Iterator[Session]:
+            no_inplace: bool = False, unfused_attention: bool = False) -> Iterator[Session]:
     """Borrow the user's network and give it back exactly as it came.
 
     Args:
@@ -175,9 +175,11 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
         eval_mode: switch every module to eval mode.
         no_inplace: set `inplace=False` on modules that have the flag (ReLU, ...), so that a
             captured activation is not overwritten later in the forward.
+        unfused_attention: set `fused_attn=False` on attention modules that have the flag
+            (timm's), so that they compute their attention probabilities where a hook sees them.
 
-    On exit (normal or not): hooks removed, `training`, `requires_grad` and `inplace`
-    restored on the same module objects.
+    On exit (normal or not): hooks removed, `training`, `requires_grad`, `inplace` and
+    `fused_attn` restored on the same module objects.
     """
     net = model.module
     modules = list(net.modules())
@@ -185,6 +187,7 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
     params = list(net.parameters())
     requires_grad = [p.requires_grad for p in params]
     inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
+    fused = [(m, m.fused_attn) for m in modules if isinstance(getattr(m, "fused_attn", None), bool)]
     s = Session(model)
     try:
         if eval_mode:
@@ -195,6 +198,9 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
         if no_inplace:
             for m, _ in inplace:
                 m.inplace = False
+        if unfused_attention:
+            for m, _ in fused:
+                m.fused_attn = False
         yield s
     finally:
         s.remove_hooks()
@@ -204,3 +210,5 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
             p.requires_grad_(g)
         for m, v in inplace:
             m.inplace = v
+        for m, v in fused:
+            m.fused_attn = v

@@ -420,6 +420,11 @@ def _cases() -> list[Case]:
         st.one_of(st.integers(), st.text(min_size=1, max_size=3), st.just({"nope": fv.rules.ZPlus()}),
                   st.just({"fc": "epsilon"}), st.just({"features.2": fv.rules.ZPlus()}),
                   st.just({"features.1": fv.rules.Epsilon()}), st.just([("fc", fv.rules.Epsilon())])))
+    # transformer maps (the tiny CNN has no attention: the argument is refused before that is found)
+    add("attention_rollout", "x", "images", lambda m, v: fv.attention_rollout(m, v), images)
+    add("attention_rollout", "residual", "unit_float", lambda m, v: fv.attention_rollout(m, X, residual=v))
+    add("transformer_attribution", "x", "images", lambda m, v: fv.transformer_attribution(m, v), images)
+    add("transformer_attribution", "target", "class", lambda m, v: fv.transformer_attribution(m, X, v))
     add("demo_set", "per_photo", "pos_int", lambda m, v: fv.demo_set(per_photo=v))
     add("demo_set", "size", "pos_int", lambda m, v: fv.demo_set(per_photo=1, size=v),
         st.one_of(st.integers(max_value=7), st.integers(min_value=10 ** 5), st.floats(), st.text(max_size=2)))
