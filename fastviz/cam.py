@@ -97,6 +97,17 @@ def default_layer(model, x: torch.Tensor) -> str:
         if calls[name] == 1:
             cache[key] = name
             return name
+    side = m.input_size or (224, 224)
+    if tuple(x.shape[-2:]) != tuple(side) and x.shape[-2] * x.shape[-1] < side[0] * side[1]:
+        try:
+            found = default_layer(m, x.new_zeros(1, x.shape[1], *side))
+        except FastvizError:
+            found = None
+        if found is not None:  # the network has a spatial map; these images are too small for it
+            raise FastvizError(
+                f"x: at {x.shape[-2]}x{x.shape[-1]} pixels every feature map of {m.name} is 1x1, so "
+                f"there is no map to draw; give larger images (at {side[0]}x{side[1]}, the input "
+                f"of {found!r} is one)")
     raise FastvizError(f"layer: {m.name} has no module that takes a feature map (B, C, h, w) "
                        f"with h x w > 1 at input {tuple(x.shape[1:])}; name one with layer=")
 
