@@ -7,6 +7,7 @@ from .atlas import AtlasResult, atlas
 from .attribution import (deconvnet, gradient, guided_backprop, input_x_gradient, neuron_gradient,
                           predict, saliency)
 from .averaged import IGResult, integrated_gradients, smoothgrad
+from .budget import memory_budget
 from .cam import gradcam, guided_gradcam, layercam, scorecam
 from .demo_data import demo_set
 from .engine import Render
@@ -65,6 +66,7 @@ __all__ = [
     "load_image",
     "load_images",
     "load_model",
+    "memory_budget",
     "Model",
     "neighbour_agreement",
     "Neuron",

@@ -24,6 +24,7 @@ refuses a result that would not fit.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import re
 import weakref
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch.utils._pytree import tree_flatten
 from . import checks
 from .errors import FastvizError
 
-__all__ = ["memory_budget", "current", "profile", "rows", "check_output", "Profile"]
+__all__ = ["memory_budget", "current", "profile", "rows", "check_output", "by_rows", "row_slice", "Profile"]
 
 _BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("fastviz_memory_budget", default=None)
 CPU_SHARE = 0.5   # of MemAvailable: other processes (and the allocator's slack) keep the rest
@@ -45,10 +46,10 @@ GPU_SHARE = 0.8   # of the free device memory
 # EfficientNet-Lite0 and DenseNet; docs/reliability.md gives the figures).
 BACKWARD_LARGEST = 3
 # A forward without gradient keeps a few activations alive at once (a residual branch, a dense
-# block's concatenation); 4 x the largest tensor, or every tensor if that is less.
-FORWARD_LARGEST = 4
+# block's concatenation); 5 x the largest tensor, or every tensor if that is less.
+FORWARD_LARGEST = 5
 # Images above this many pixels are measured shrunk, and the measure scaled (see `profile`).
-MEASURE_PIXELS = 512 * 512
+MEASURE_PIXELS = 256 * 256
 
 
 def _fmt(n: float) -> str:
@@ -283,7 +284,8 @@ def _too_small(model, one: torch.Tensor, name: str, error: Exception) -> Fastviz
 
 # -- rows that fit --------------------------------------------------------------------------------
 def rows(model, x: torch.Tensor, *, grad: bool, total: int, requested: int | None = None,
-         fixed: int = 0, per_row_extra: int = 0, name: str = "x", what: str = "one image") -> int:
+         fixed: int = 0, per_row_extra: int = 0, name: str = "x", what: str = "one image",
+         device: torch.device | None = None) -> int:
     """How many rows one forward (+ backward) may take within the budget; at least 1.
 
     Args:
@@ -295,6 +297,7 @@ def rows(model, x: torch.Tensor, *, grad: bool, total: int, requested: int | Non
         fixed: bytes the call holds besides the rows (its outputs, accumulators).
         per_row_extra: bytes each row holds besides the network (masks, noise, a path point).
         name, what: the argument to name, and what a row is, in messages.
+        device: where the rows will run, when not where x is (the budget is that device's).
 
     Raises:
         FastvizError: even one row does not fit (naming `name`, the estimate, the budget and
@@ -304,7 +307,7 @@ def rows(model, x: torch.Tensor, *, grad: bool, total: int, requested: int | Non
     cap = total if requested is None else min(total, requested)
     if prof is None:
         return max(1, cap)
-    budget, set_ = current(x.device)
+    budget, set_ = current(x.device if device is None else device)
     per_row = prof.row(grad) + per_row_extra
     room = budget - fixed
     if room < per_row:
@@ -326,3 +329,54 @@ def check_output(nbytes: int, device: torch.device, name: str, what: str, hint: 
     if nbytes > budget:
         raise FastvizError(f"{name}: the result, {what}, would take {_fmt(nbytes)}, more than "
                            f"{_budget_text(budget, set_)}; {hint or 'pass fewer images per call'}")
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+def row_slice(target, i: int, j: int):
+    """Rows i:j of a per-row argument (a list, tensor or array of one value per row); a value
+    for every row (None, an int, a 0-d tensor, a `Neuron`) as it is."""
+    if target is None or isinstance(target, (str, bytes)) or getattr(target, "ndim", None) == 0 \
+            or not hasattr(target, "__getitem__") or not hasattr(target, "__len__"):
+        return target
+    return target[i:j]
+
+
+def _place(out, part, i: int, total: int):
+    """Write one chunk's result at rows i: of the whole (allocated at the first chunk)."""
+    if part is None:
+        return None
+    if isinstance(part, torch.Tensor):
+        if out is None:
+            out = part.new_empty((total, *part.shape[1:]))
+        out[i:i + part.shape[0]] = part
+        return out
+    if isinstance(part, list):
+        return (out or []) + part
+    if isinstance(part, tuple):
+        return tuple(_place(None if out is None else o, p, i, total) for o, p in zip(out or [None] * len(part), part))
+    if dataclasses.is_dataclass(part):
+        fields = {f.name: _place(None if out is None else getattr(out, f.name), getattr(part, f.name), i, total)
+                  for f in dataclasses.fields(part)}
+        return type(part)(**fields)
+    raise TypeError(f"cannot join chunk results of type {type(part).__name__}")
+
+
+def by_rows(call, x: torch.Tensor, target, step: int, name: str = "target"):
+    """`call(x, target)` on chunks of `step` images, the results joined as if run at once.
+
+    Every row's result depends on that row alone (eval mode, frozen parameters), so the chunks
+    give the unchunked result up to the rounding of batch-size-dependent kernels. Results are
+    tensors (B, ...), lists, or tuples / dataclasses of them (None stays None); the whole is
+    allocated once, at the first chunk. With step >= B, `call(x, target)` itself runs: the
+    common path is unchanged.
+    """
+    n = x.shape[0]
+    if step >= n:
+        return call(x, target)
+    per_row = row_slice(target, 0, n)
+    if per_row is not target and len(target) != n:
+        raise FastvizError(f"{name}: expected one class per image ({n}), got {len(target)}")
+    out = None
+    for i in range(0, n, step):
+        out = _place(out, call(x[i:i + step], row_slice(target, i, i + step)), i, n)
+    return out

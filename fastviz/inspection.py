@@ -233,14 +233,18 @@ def features(model: Model | nn.Module, images_or_folder, *, layer: str | None = 
     progress = _bar_factory_is_a_bar(checks.progress(progress))
     size = m.input_size[0] if m.input_size else 224
     n, get, names, paths = _source(images_or_folder, size, m)
-    steps = range(0, n, batch_size)
     feats, preds, thumbs = [], [], []
     try:
         with on_device(m, device) as dev, session(m) as s, torch.no_grad(), \
                 reporter(progress, n, unit="image", desc="features") as rep:
             fc = _classifier(m) if layer is None else None
-            budget.profile(m, get(0, 1).to(dev, torch.float32), "images_or_folder")  # too small?
-            for i in steps:
+            # images per forward within the memory budget, beside the thumbnails kept for all
+            kept = n * 3 * thumbnail * thumbnail * 4
+            budget.check_output(kept, dev, "images_or_folder", f"{n} thumbnails of {thumbnail}x{thumbnail}",
+                                "lower thumbnail, or pass fewer images per call")
+            batch_size = budget.rows(m, get(0, 1).to(dev, torch.float32), grad=False, total=batch_size,
+                                     fixed=kept, name="images_or_folder")
+            for i in range(0, n, batch_size):
                 x = get(i, i + batch_size).to(dev, torch.float32)
                 if fc is not None:
                     f = _classifier_input(s, *fc, x).flatten(1)
