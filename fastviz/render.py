@@ -129,12 +129,12 @@ def _fitting(m: Model, batch: int, shape, settings: Settings, device, name: str)
     like = torch.zeros(1, shape[0], 1, 1, device=m.device).expand(1, *shape)  # no pixels allocated
     crops = settings.transforms.crops if settings.transforms is not None else 1
     one = like.numel() * like.element_size()
-    prof = budget.profile(m, like, "size")
+    prof = budget.profile(m, like, name)
     if prof is None:
         return batch
     target = checks.device(device) or m.device
     return budget.rows(m, like, grad=True, total=batch, per_row_extra=(crops - 1) * prof.row(True) + 8 * one,
-                       name="size", what="one rendered image", device=target)
+                       name=name, what="one rendered image", device=target)
 
 
 def _execute(m: Model, objective: Objective, job: _Job, report: Callable[[int], None] | None = None

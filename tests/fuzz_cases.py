@@ -478,6 +478,39 @@ def _last_bad_inputs(add):
         st.one_of(st.text(max_size=3), st.floats(), st.none(), st.integers(max_value=0), st.integers(6, 100)))
     add("Embedding.neighbours", "i", "nonneg_int", lambda m, v: _embedding(m).neighbours(v),
         st.one_of(st.booleans(), st.text(max_size=3), st.floats(), st.integers(min_value=6)))
+    _over_budget(add)
+
+
+SMALL_BUDGET = 8 * 2 ** 20
+
+
+def _in_budget(call):
+    """call(model, value) inside an 8 MB memory budget."""
+    def run(m, v):
+        with fv.memory_budget(SMALL_BUDGET):
+            return call(m, v)
+    return run
+
+
+def _over_budget(add):
+    """Inputs that do not fit the memory budget: one image too large to run even alone (a
+    broadcast view, no pixels allocated), or more maps than the budget holds."""
+    add("memory_budget", "nbytes", "pos_int", lambda m, v: fv.memory_budget(v),
+        st.one_of(st.integers(max_value=2 ** 20 - 1), st.floats(), st.booleans(), st.text(max_size=3),
+                  st.just([1])))
+    one = st.integers(1500, 12000).map(lambda s: torch.rand(1, 3, 1, 1).expand(1, 3, s, s))
+    many = st.integers(40000, 150000).map(lambda n: torch.rand(1, 3, 1, 1).expand(n, 3, SIZE, SIZE))
+    for f, kw in (("predict", {}), ("saliency", {}), ("guided_backprop", {}), ("gradcam", {}), ("layercam", {}),
+                  ("scorecam", {}), ("smoothgrad", {"n": 2}), ("integrated_gradients", {"points": 2})):
+        fn = getattr(fv, f)
+        add(f, "x", "over budget", _in_budget(lambda m, v, fn=fn, kw=kw: fn(m, v, **kw)), one)
+        if f != "predict":  # predict keeps k numbers per image, not maps
+            add(f, "x", "over budget", _in_budget(lambda m, v, fn=fn, kw=kw: fn(m, v, **kw)), many)
+    add("features", "images_or_folder", "over budget", _in_budget(lambda m, v: fv.features(m, v)), one)
+    add("deepdream", "photo", "over budget",
+        _in_budget(lambda m, v: fv.deepdream(m, v, LAYER, octaves=1, steps_per_octave=1)), one)
+    add("class_model", "size", "over budget", _in_budget(lambda m, v: fv.class_model(m, [1], steps=1, size=v)),
+        st.integers(1500, 12000))
 
 
 CASES = _cases()
