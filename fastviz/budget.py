@@ -46,8 +46,9 @@ GPU_SHARE = 0.8   # of the free device memory
 # EfficientNet-Lite0 and DenseNet; docs/reliability.md gives the figures).
 BACKWARD_LARGEST = 3
 # A forward without gradient keeps a few activations alive at once (a residual branch, a dense
-# block's concatenation); 5 x the largest tensor, or every tensor if that is less.
-FORWARD_LARGEST = 5
+# block's features, their concatenation and its normalised copy); 8 x the largest tensor, or
+# every tensor if that is less (DenseNet-201 measured 12-23 MB a row for 8 x 3.1 MB).
+FORWARD_LARGEST = 8
 # Images above this many pixels are measured shrunk, and the measure scaled (see `profile`).
 MEASURE_PIXELS = 256 * 256
 

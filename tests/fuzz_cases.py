@@ -256,7 +256,7 @@ def _cases() -> list[Case]:
                       ("lr", "pos_float"), ("l2", "nonneg_float"), ("jitter", "nonneg_int"),
                       ("snapshot_every", "batch"), ("progress_every", "batch")):
         bad = BAD[kind]
-        if arg in ("batch_size", "snapshot_every", "progress_every", "device"):
+        if arg in ("batch_size", "snapshot_every", "progress_every", "device", "lr"):  # lr None: the param's default
             bad = bad.filter(lambda v: v is not None)
         add("class_model", arg, kind, cm(**{arg: None}), bad)
     add("class_model", "optimizer", "choice", cm(optimizer=None), st.one_of(st.text(max_size=6), st.integers(), st.none()))
