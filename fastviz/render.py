@@ -110,6 +110,7 @@ def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="ze
         if start.shape[0] != rows:
             raise FastvizError(f"start: expected {rows} images, got {start.shape[0]}")
         h, w = start.shape[-2:]
+        image_name = "start" if image_name == "size" else image_name  # its size is the render's
     batch = min(batch_size, rows)
     if batch * c * h * w > checks.MAX_ELEMENTS:
         raise FastvizError(f"{batch_name}: {batch} images of {c}x{h}x{w} are more than "
