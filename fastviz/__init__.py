@@ -8,6 +8,7 @@ from .attribution import (deconvnet, gradient, guided_backprop, input_x_gradient
                           predict, saliency)
 from .relevance import LRPResult, lrp, rules
 from .averaged import IGResult, integrated_gradients, smoothgrad
+from .budget import memory_budget
 from .cam import gradcam, guided_gradcam, layercam, scorecam
 from .demo_data import demo_set
 from .engine import Render
@@ -70,6 +71,7 @@ __all__ = [
     "load_model",
     "lrp",
     "LRPResult",
+    "memory_budget",
     "Model",
     "neighbour_agreement",
     "Neuron",

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from . import checks
+from . import budget, checks
 from .errors import FastvizError
 from .explain import check_logits, prepare, target_scores
 from .guided import deconvnet as _deconv_rule
@@ -42,14 +42,18 @@ def predict(model, x, *, k: int = 5) -> list[list[tuple[int, str, float]]]:
     """
     m, x = prepare(model, x)
     k = checks.positive_int(k, "k", m.num_classes)
-    with session(m):
-        logits = check_logits(m(x))
-    if k > logits.shape[1]:
-        raise FastvizError(f"k: expected 1 <= k <= {logits.shape[1]}, got {k}")
-    prob, idx = logits.float().softmax(1).topk(k, dim=1)
-    labels = m.labels or [str(i) for i in range(logits.shape[1])]
-    return [[(int(i), labels[int(i)], float(p)) for i, p in zip(ri, rp)]
-            for ri, rp in zip(idx.cpu(), prob.cpu())]
+    step = budget.rows(m, x, grad=False, total=x.shape[0])  # rows per forward within the budget
+
+    def top(xs, _):
+        with session(m):
+            logits = check_logits(m(xs))
+        if k > logits.shape[1]:
+            raise FastvizError(f"k: expected 1 <= k <= {logits.shape[1]}, got {k}")
+        prob, idx = logits.float().softmax(1).topk(k, dim=1)
+        labels = m.labels or [str(i) for i in range(logits.shape[1])]
+        return [[(int(i), labels[int(i)], float(p)) for i, p in zip(ri, rp)]
+                for ri, rp in zip(idx.cpu(), prob.cpu())]
+    return budget.by_rows(top, x, None, step)
 
 
 def gradient(model, x, target: Target = None, *, guided: bool = False, deconv: bool = False,
@@ -78,30 +82,43 @@ def gradient(model, x, target: Target = None, *, guided: bool = False, deconv: b
         raise FastvizError(f"deconv: expected True or False, got {deconv!r:.60}")
     if guided and deconv:
         raise FastvizError("guided, deconv: pick one backward rule, got both")
+    return _gradient(model, x, target, guided, deconv, lower)
+
+
+def _gradient(model, x, target, guided: bool, deconv: bool, lower: bool, reduce=None):
+    """`gradient` after its flags are checked, in chunks of images that fit the memory budget
+    (`fastviz.budget`); `reduce(g)` maps each chunk's gradient to what the caller keeps."""
     m, x = prepare(model, x)
     neuron = target if isinstance(target, Neuron) else None
     if neuron is not None:
         m.layer(neuron.layer)
     elif m.num_classes is not None:
         class_targets(target, x.shape[0], m.num_classes)  # refused before the forward
+    B, C, H, W = x.shape
+    kept = B * (H * W if reduce is not None else C * H * W) * x.element_size()
+    budget.check_output(kept, x.device, "x", f"{B} maps of {H}x{W}")
+    step = budget.rows(m, x, grad=True, total=B, fixed=kept)
     if lower:
         # Deconvnet replaces the activation's backward: it needs the activation modules to run it.
         m = lowered(m, x, keep=[neuron.layer] if neuron is not None else (), activations=not deconv)
     with session(m, no_inplace=deconv) as s:
         if guided and _guide(s) == 0:
             warnings.warn(f"{m.name} has no activation module (ReLU, ReLU6, GELU, SiLU, ...): guided backprop equals "
-                          f"the plain gradient", stacklevel=3)
+                          f"the plain gradient", stacklevel=4)
         if deconv and _deconv_rule(s) == 0:
             warnings.warn(f"{m.name} has no activation module (ReLU, ReLU6, GELU, SiLU, ...): deconvnet equals "
-                          f"the plain gradient", stacklevel=3)
-        xi = x.detach().requires_grad_(True)
-        if neuron is not None:
-            acts, _ = s.forward(xi, [neuron.layer])
-            score, used = neuron.value(acts[neuron.layer]), None
-        else:
-            score, used = target_scores(m, m(xi), target)
-        (g,) = torch.autograd.grad(score.sum(), xi)
-    return g, used
+                          f"the plain gradient", stacklevel=4)
+
+        def rows(xs, ts):
+            xi = xs.detach().requires_grad_(True)
+            if neuron is not None:
+                acts, _ = s.forward(xi, [neuron.layer])
+                score, used = neuron.value(acts[neuron.layer]), None
+            else:
+                score, used = target_scores(m, m(xi), ts)
+            (g,) = torch.autograd.grad(score.sum(), xi)
+            return (g if reduce is None else reduce(g)), used
+        return budget.by_rows(rows, x, target, step)
 
 
 def saliency(model, x, target: Target = None, *, lower: bool = False) -> torch.Tensor:
@@ -123,8 +140,9 @@ def saliency(model, x, target: Target = None, *, lower: bool = False) -> torch.T
         >>> saliency(load_model(), torch.rand(2, 3, 224, 224), target=[285, 967]).shape
         torch.Size([2, 224, 224])
     """
-    g, _ = gradient(model, x, target, lower=lower)
-    return g.abs().amax(1)
+    if not isinstance(lower, bool):
+        raise FastvizError(f"lower: expected True or False, got {lower!r:.60}")
+    return _gradient(model, x, target, False, False, lower, reduce=lambda g: g.abs().amax(1))[0]
 
 
 def guided_backprop(model, x, target: Target = None, *, lower: bool = False) -> torch.Tensor:

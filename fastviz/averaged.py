@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from . import checks
+from . import budget, checks
 from .errors import FastvizError
 from .explain import check_class_target, check_logits, prepare, resolve_targets, to_device
 from .hooks import session
@@ -36,13 +36,24 @@ NoiseSource = Callable[[int, int], torch.Tensor]
 SMOOTH = "SmoothGrad and integrated gradients"
 
 
-def _prepared(model, x, target, lower) -> tuple[Model, torch.Tensor]:
-    """(model, images) checked once, the model lowered when asked (target refused first)."""
+def _prepared(model, x, target, lower, batch_size: int, held: int
+              ) -> tuple[Model, torch.Tensor, int]:
+    """(model, images, rows per forward + backward) checked once, the model lowered when asked
+    (target refused first). `held` image-sized tensors live through the call (accumulator,
+    result, baseline ...): refused if they do not fit the memory budget; `batch_size` is lowered
+    to the rows that fit beside them (`fastviz.budget`)."""
     if not isinstance(lower, bool):
         raise FastvizError(f"lower: expected True or False, got {lower!r:.60}")
     m, x = prepare(model, x)
     check_class_target(m, x, target, SMOOTH)
-    return (lowered(m, x) if lower else m), x
+    B, _, H, W = x.shape
+    kept = held * x.numel() * x.element_size()
+    budget.check_output(kept, x.device, "x", f"{held} tensors the size of {B} images of {H}x{W}")
+    # each row also holds its input (a noisy copy, a path point) and its weighted gradient
+    step = budget.rows(m, x, grad=True, total=batch_size, fixed=kept,
+                       per_row_extra=2 * x[:1].numel() * x.element_size(), name="x",
+                       what="one image")
+    return (lowered(m, x) if lower else m), x, step
 
 
 @torch.no_grad()
@@ -84,8 +95,16 @@ def _generator_noise(x: torch.Tensor, seed: int | None) -> NoiseSource:
     else:
         gen.manual_seed(seed)
     shape = x.shape[1:]
-    return lambda _first, rows: torch.randn((rows, *shape), generator=gen, device=x.device,
-                                            dtype=x.dtype)
+    per_row = shape.numel()
+    # Each row draws a whole number of 16-value blocks (torch's CPU normal sampler transforms
+    # 16 values at a time), so on the CPU a row's noise is the same however rows fall into
+    # chunks: a budget that lowers batch_size leaves the map as it was.
+    padded = -(-per_row // 16) * 16
+    if padded == per_row:
+        return lambda _first, rows: torch.randn((rows, *shape), generator=gen, device=x.device,
+                                                dtype=x.dtype)
+    return lambda _first, rows: torch.randn((rows, padded), generator=gen, device=x.device,
+                                            dtype=x.dtype)[:, :per_row].reshape(rows, *shape)
 
 
 def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squared: bool = False,
@@ -106,8 +125,9 @@ def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squar
         squared: average g^2 instead of g (SmoothGrad-Squared).
         batch_size: rows per forward + backward; B x n rows run in ceil(B n / batch_size) chunks.
         seed: seed of the device generator (0 by default, as every fastviz call: the same call
-            gives the same map; None: a fresh random seed). The noise drawn for a row depends on
-            the seed and on how rows fall into chunks (batch_size).
+            gives the same map; None: a fresh random seed). On the CPU the noise drawn for a row
+            depends on the seed alone, not on how rows fall into chunks (batch_size, or the
+            memory budget); on a GPU it also depends on the chunks.
         lower: use the lowered copy of the network (`fastviz.attribution.gradient` says what
             that changes); default: the exact network.
 
@@ -127,7 +147,7 @@ def smoothgrad(model, x, target=None, *, n: int = 25, noise: float = 0.15, squar
     seed = checks.seed(seed, allow_none=True)
     if not isinstance(squared, bool):
         raise FastvizError(f"squared: expected True or False, got {squared!r:.60}")
-    m, x = _prepared(model, x, target, lower)
+    m, x, batch_size = _prepared(model, x, target, lower, batch_size, 3)
     flat = x.flatten(1)
     sigma = noise * (flat.amax(1) - flat.amin(1))
     with session(m):
@@ -254,7 +274,7 @@ def integrated_gradients(model, x, target=None, *, baseline=None, points: int = 
     checks.positive_int(points, "points", 10 ** 6)
     alphas, weights = ig_alphas(points, method, spacing)
     batch_size = positive_int(batch_size, "batch_size")
-    m, x = _prepared(model, x, target, lower)
+    m, x, batch_size = _prepared(model, x, target, lower, batch_size, 6)
     base = _baseline(baseline, x)
     B = x.shape[0]
     with session(m):

@@ -28,6 +28,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from . import budget
 from .errors import FastvizError
 from .explain import check_class_target, check_logits, prepare, resolve_targets, target_scores
 from .image import minmax
@@ -97,6 +98,17 @@ def default_layer(model, x: torch.Tensor) -> str:
         if calls[name] == 1:
             cache[key] = name
             return name
+    side = m.input_size or (224, 224)
+    if tuple(x.shape[-2:]) != tuple(side) and x.shape[-2] * x.shape[-1] < side[0] * side[1]:
+        try:
+            found = default_layer(m, x.new_zeros(1, x.shape[1], *side))
+        except FastvizError:
+            found = None
+        if found is not None:  # the network has a spatial map; these images are too small for it
+            raise FastvizError(
+                f"x: at {x.shape[-2]}x{x.shape[-1]} pixels every feature map of {m.name} is 1x1, so "
+                f"there is no map to draw; give larger images (at {side[0]}x{side[1]}, the input "
+                f"of {found!r} is one)")
     raise FastvizError(f"layer: {m.name} has no module that takes a feature map (B, C, h, w) "
                        f"with h x w > 1 at input {tuple(x.shape[1:])}; name one with layer=")
 
@@ -157,6 +169,20 @@ def _act_and_grad(model, x, target, layer):
     return m, x, act.detach(), g, used
 
 
+def _chunks(model, x, target, layer, channels: int, grad: bool = True) -> tuple[Model, torch.Tensor, int]:
+    """(model, images, images per chunk): everything checked once on the whole batch (images,
+    targets, layer), the result (B, channels, H, W) refused if it does not fit the memory budget,
+    and the images per forward (+ backward) that do (`fastviz.budget`)."""
+    m, x = prepare(model, x)
+    check_class_target(m, x, target, CAMS)
+    B, _, H, W = x.shape
+    kept = B * channels * H * W * x.element_size()
+    budget.check_output(kept, x.device, "x", f"{B} maps of {H}x{W}")
+    step = budget.rows(m, x, grad=grad, total=B, fixed=kept)
+    _layer_name(m, x, layer)  # the default layer costs one forward of one image: after the budget
+    return m, x, step
+
+
 def _finish(cam: torch.Tensor, x: torch.Tensor, normalize: bool) -> torch.Tensor:
     cam = _upsample(cam, x.shape[-2:])
     return minmax(cam) if normalize else cam
@@ -196,7 +222,9 @@ def gradcam(model, x, target=None, *, layer: str | None = None, normalize: bool 
         >>> gradcam(load_model(), torch.rand(2, 3, 224, 224), target=285).shape
         torch.Size([2, 224, 224])
     """
-    return _gradcam(model, x, target, layer, normalize)[2]
+    _bool(normalize, "normalize")
+    m, x, step = _chunks(model, x, target, layer, 1)
+    return budget.by_rows(lambda xs, ts: _gradcam(m, xs, ts, layer, normalize)[2], x, target, step)
 
 
 def guided_gradcam(model, x, target=None, *, layer: str | None = None) -> torch.Tensor:
@@ -210,6 +238,11 @@ def guided_gradcam(model, x, target=None, *, layer: str | None = None) -> torch.
     Returns:
         (B, 3, H, W) signed map; `fastviz.image.normalize(g, "signed")` shows it.
     """
+    m, x, step = _chunks(model, x, target, layer, 3)
+    return budget.by_rows(lambda xs, ts: _guided_gradcam(m, xs, ts, layer), x, target, step)
+
+
+def _guided_gradcam(model, x, target, layer) -> torch.Tensor:
     m, x, cam, used = _gradcam(model, x, target, layer, True)
     with session(m) as s:
         if guided(s) == 0:
@@ -232,6 +265,11 @@ def layercam(model, x, target=None, *, layer: str | None = None, normalize: bool
         (B, H, W) map, upsampled bilinearly to the image size, [0, 1] per image when `normalize`.
     """
     _bool(normalize, "normalize")
+    m, x, step = _chunks(model, x, target, layer, 1)
+    return budget.by_rows(lambda xs, ts: _layercam(m, xs, ts, layer, normalize), x, target, step)
+
+
+def _layercam(model, x, target, layer, normalize) -> torch.Tensor:
     _, x, act, g, _ = _act_and_grad(model, x, target, layer)
     cam = (g.clamp_min(0) * act).sum(1).clamp_min(0)
     return _finish(cam, x, normalize)
@@ -261,6 +299,15 @@ def scorecam(model, x, target=None, *, layer: str | None = None, batch_size: int
     """
     batch_size = positive_int(batch_size, "batch_size")
     _bool(normalize, "normalize")
+    m, x, step = _chunks(model, x, target, layer, 1, grad=False)
+    # masked images per forward: a masked copy of the image and its mask beside the network's row
+    H, W = x.shape[-2:]
+    batch_size = budget.rows(m, x, grad=False, total=batch_size, per_row_extra=x[:1].numel() * 4 + H * W * 4,
+                             what="one masked image")
+    return budget.by_rows(lambda xs, ts: _scorecam(m, xs, ts, layer, batch_size, normalize), x, target, step)
+
+
+def _scorecam(model, x, target, layer, batch_size: int, normalize: bool) -> torch.Tensor:
     m, x = prepare(model, x)
     target = check_class_target(m, x, target, CAMS)
     name = _layer_name(m, x, layer)

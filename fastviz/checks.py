@@ -278,9 +278,12 @@ def images(x, channels: int | None = None, name: str = "x", check_range: bool = 
         x = x.float()
     if x.device.type == "meta":
         raise FastvizError(f"{name}: a 'meta' tensor holds no pixels")
-    finite = torch.isfinite(x).all()
+    # A broadcast view (stride 0) repeats its values: check one copy of them, not every repeat
+    # (a 10**4-image expand would otherwise allocate a mask the size of the whole batch).
+    distinct = x[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None) for s, n in zip(x.stride(), x.shape))]
+    finite = torch.isfinite(distinct).all()
     if check_range:
-        lo, hi = x.aminmax()
+        lo, hi = distinct.aminmax()
         lo, hi, finite = (float(lo), float(hi), bool(finite))  # one host read-back, at the boundary
     else:
         finite = bool(finite)

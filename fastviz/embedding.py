@@ -193,6 +193,9 @@ class Embedding:
         size = checks.int_in(size, "size", 64, 8192)
         max_legend = checks.int_in(max_legend, "max_legend", 0, 1000)
         radius = checks.int_in(radius, "radius", 1, 256)
+        if groups is not None and (isinstance(groups, (str, bytes)) or not hasattr(groups, "__len__")):
+            raise FastvizError(f"groups: expected one group per image (a list of {len(self)}), got "
+                               f"{type(groups).__name__} {checks._show(groups, 40)}")
         if groups is None and self.predictions is not None:
             groups = [self.labels[i] if self.labels else str(c)
                       for i, c in enumerate(self.predictions.tolist())]
@@ -205,12 +208,12 @@ class Embedding:
             space: "features" (Euclidean distance of the features) or "map" (of the coordinates).
         """
         n = len(self)
-        if not isinstance(i, (int, np.integer)) or not -n <= i < n:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
             raise FastvizError(f"i: expected an image index in [0, {n}), got {i!r}")
+        k = checks.as_int(k, "k")
         if not 1 <= k < n:
             raise FastvizError(f"k: expected 1 <= k < {n}, got {k}")
-        if space not in ("features", "map"):
-            raise FastvizError(f"space: expected 'features' or 'map', got {space!r}")
+        checks.choice(space, "space", ("features", "map"))
         pts = self.features.float() if space == "features" else torch.from_numpy(self.coords)
         i = int(i) % n
         d = (pts - pts[i]).pow(2).sum(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from . import budget
 from .errors import FastvizError
 from .io import check_images
 from .models import Model, as_model
@@ -24,13 +25,17 @@ def prepare(model, x, name: str = "x") -> tuple[Model, torch.Tensor]:
 
     The images go through `fastviz.checks.images` (conversion rules there); pixels outside
     [0, 1] are refused when the model normalises its input (a `Model` with mean / std).
+    Images smaller than the network takes are refused naming `name` and the smallest side
+    (`fastviz.budget.profile`: one image through the network once per shape, cached).
 
     Returns:
         (Model, (B, C, H, W) float32 images on the model's device).
     """
     m = as_model(model)
     x = check_images(x, m.channels, name, check_range=m.mean is not None)
-    return m, x.to(m.device, torch.float32)
+    x = x.to(m.device, torch.float32)
+    budget.profile(m, x, name)
+    return m, x
 
 
 def check_class_target(m: Model, x: torch.Tensor, target, method: str = "this method"):

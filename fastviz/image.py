@@ -1,7 +1,9 @@
 """Pictures a person can look at: display normalisation, heatmaps, overlays, grids, saving.
 
 All functions take and return float tensors in [0, 1] on the CPU or GPU; only `save_image`
-touches the disk. Heatmaps use OpenCV colormaps.
+touches the disk. Heatmaps use OpenCV colormaps. NaN and inf have no colour: `normalize`,
+`heatmap`, `overlay` and `grid` refuse them (naming the argument); `save_image` writes NaN as 0
+and clips everything else into [0, 1].
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from .io import atomic_write, output_path
 SAVE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _tensor(t, name: str) -> torch.Tensor:
+def _tensor(t, name: str, finite: bool = False) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise FastvizError(f"{name}: expected a tensor, got {type(t).__name__}")
     if t.is_complex() or t.dtype == torch.bool:
         raise FastvizError(f"{name}: expected a real tensor, got {t.dtype}")
     if t.numel() == 0:
         raise FastvizError(f"{name}: empty tensor of shape {tuple(t.shape)}")
+    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise FastvizError(f"{name}: holds NaN or inf values, which have no colour; replace them "
+                           f"first if you mean a value, e.g. torch.nan_to_num(t, nan=0.0)")
     return t
 
 
@@ -66,7 +71,7 @@ def normalize(t: torch.Tensor, mode: str = "minmax", *, q: float = 0.995) -> tor
     """
     checks.choice(mode, "mode", ("minmax", "percentile", "signed"))
     q = checks.number(q, "q", 0, 1)
-    t = _tensor(t, "t")
+    t = _tensor(t, "t", finite=True)
     t = t.detach().float()
     batched = t.dim() == 4 or (t.dim() == 3 and t.shape[0] not in (1, 3))
     flat = t.reshape(t.shape[0], -1) if batched else t.reshape(1, -1)
@@ -87,7 +92,7 @@ def heatmap(m: torch.Tensor, *, colormap: str = "jet", normalize_mode: str = "mi
 
     checks.choice(colormap, "colormap", sorted(_COLORMAPS))
     checks.choice(normalize_mode, "normalize_mode", ("minmax", "percentile", "signed"))
-    m = _tensor(m, "m")
+    m = _tensor(m, "m", finite=True)
     if m.dim() not in (2, 3):
         raise FastvizError(f"m: expected a map (H, W) or (B, H, W), got shape {tuple(m.shape)}")
     maps = normalize(m if m.dim() == 3 else m[None], normalize_mode)
@@ -117,13 +122,17 @@ def overlay(image: torch.Tensor, m: torch.Tensor, *, alpha: float = 0.5, colorma
     alpha = checks.number(alpha, "alpha", 0, 1)
     checks.choice(colormap, "colormap", sorted(_COLORMAPS))
     checks.choice(normalize_mode, "normalize_mode", ("minmax", "percentile", "signed"))
-    image, m = _tensor(image, "image"), _tensor(m, "m")
+    image, m = _tensor(image, "image", finite=True), _tensor(m, "m", finite=True)
     single = image.dim() == 3
     img = image[None] if single else image
     maps = m[None] if m.dim() == 2 else m
     if img.dim() != 4 or maps.dim() != 3 or img.shape[0] != maps.shape[0]:
         raise FastvizError(f"image/m: expected (3, H, W) with (H, W) or (B, 3, H, W) with (B, H, W), "
                            f"got {tuple(image.shape)} and {tuple(m.shape)}")
+    if img.shape[1] not in (1, 3):
+        raise FastvizError(f"image: expected 3 channels (RGB) or 1 (gray), got {img.shape[1]} in shape "
+                           f"{tuple(image.shape)}" + ("; drop the alpha channel: image[..., :3, :, :]"
+                                                     if img.shape[1] == 4 else ""))
     if maps.shape[-2:] != img.shape[-2:]:
         maps = F.interpolate(maps[:, None].float(), size=img.shape[-2:], mode="bilinear",
                              align_corners=False)[:, 0]
@@ -157,6 +166,7 @@ def grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2, pad
     if max(side_h, side_w) > 16 * checks.MAX_SIDE or c * side_h * side_w > checks.MAX_ELEMENTS:
         raise FastvizError(f"images/nrow/scale: a grid of {n} images of {h}x{w} at scale {scale} would be "
                            f"{side_h}x{side_w} pixels, too large")
+    _tensor(images, "images", finite=True)
     images = images.detach().float()
     if scale > 1:
         images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)

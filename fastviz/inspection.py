@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, io
+from . import budget, checks, io
 from .errors import FastvizError
 from .hooks import StopForward, on_device, session
 from .progress import reporter
@@ -157,6 +157,13 @@ def _source(images_or_folder, size, m: Model | None = None
         raise FastvizError(f"images_or_folder: expected a tensor, a folder, a file or a list of "
                            f"files, got {type(images_or_folder).__name__}")
     items = [images_or_folder] if isinstance(images_or_folder, (str, os.PathLike)) else images_or_folder
+    odd = next((p for p in items if not isinstance(p, (str, os.PathLike))), None)
+    if odd is not None or not items:
+        what = "nothing" if not items else f"a list holding {type(odd).__name__} {checks._show(odd, 40)}"
+        hint = ("; images as numbers go in a tensor (N, 3, H, W): torch.tensor(values)"
+                if isinstance(odd, (list, tuple, float, int)) else "")
+        raise FastvizError(f"images_or_folder: expected a tensor, a folder, a file or a list of "
+                           f"files, got {what}{hint}")
     for p in map(Path, items):
         if p.is_dir():
             skipped = [f.name for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")
@@ -226,13 +233,18 @@ def features(model: Model | nn.Module, images_or_folder, *, layer: str | None = 
     progress = _bar_factory_is_a_bar(checks.progress(progress))
     size = m.input_size[0] if m.input_size else 224
     n, get, names, paths = _source(images_or_folder, size, m)
-    steps = range(0, n, batch_size)
     feats, preds, thumbs = [], [], []
     try:
         with on_device(m, device) as dev, session(m) as s, torch.no_grad(), \
                 reporter(progress, n, unit="image", desc="features") as rep:
             fc = _classifier(m) if layer is None else None
-            for i in steps:
+            # images per forward within the memory budget, beside the thumbnails kept for all
+            kept = n * 3 * thumbnail * thumbnail * 4
+            budget.check_output(kept, dev, "images_or_folder", f"{n} thumbnails of {thumbnail}x{thumbnail}",
+                                "lower thumbnail, or pass fewer images per call")
+            batch_size = budget.rows(m, get(0, 1).to(dev, torch.float32), grad=False, total=batch_size,
+                                     fixed=kept, name="images_or_folder")
+            for i in range(0, n, batch_size):
                 x = get(i, i + batch_size).to(dev, torch.float32)
                 if fc is not None:
                     f = _classifier_input(s, *fc, x).flatten(1)

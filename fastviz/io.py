@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import checks
+from . import budget, checks
 from .errors import FastvizError
 
 # A file declaring more pixels is refused before decoding (PIL would raise its own bomb error).
@@ -219,7 +219,20 @@ def load_images(paths: PathLike | Sequence[PathLike] | torch.Tensor, size: int |
         size = checks.int_in(size, "size", 1, checks.MAX_SIDE)
     checks.number(crop, "crop", 0, 1, low_open=True)
     files = _expand(paths)
-    return torch.stack([load_image(p, size, crop) for p in files])
+    if size is not None:  # the batch is refused before any file is read if it cannot fit
+        budget.check_output(len(files) * 3 * size * size * 4, torch.device("cpu"), "paths",
+                            f"{len(files)} images of {size}x{size}",
+                            "load fewer files per call (fastviz.features and embed read folders in batches)")
+    out = None
+    for i, p in enumerate(files):  # written into one batch: no list of images beside it
+        one = load_image(p, size, crop)
+        if out is None:
+            out = one.new_empty((len(files), *one.shape))
+        elif one.shape != out.shape[1:]:
+            raise FastvizError(f"paths: images of different sizes ({tuple(out.shape[-2:])} and "
+                               f"{tuple(one.shape[-2:])}, {str(p)!r}) do not make one batch; give size=")
+        out[i] = one
+    return out
 
 
 def check_images(x, channels: int | None = None, name: str = "x", check_range: bool = False) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import checks
+from . import budget, checks
 from .errors import FastvizError
 from .explain import check_logits, prepare, resolve_targets
 from .hooks import session
@@ -68,9 +68,21 @@ def _scores(m: Model, rows: torch.Tensor, targets: torch.Tensor, score: str) -> 
 
 
 @torch.no_grad()
-def classes_to_explain(m: Model, x: torch.Tensor, target) -> torch.Tensor:
-    """(B,) classes on x's device: the given ones, or each clean image's top-1 (one forward)."""
-    return resolve_targets(m, m(x), target)
+def classes_to_explain(m: Model, x: torch.Tensor, target, step: int | None = None) -> torch.Tensor:
+    """(B,) classes on x's device: the given ones, or each clean image's top-1 (forwards of
+    `step` images, default: as many as fit the memory budget)."""
+    step = step or budget.rows(m, x, grad=False, total=x.shape[0])
+    logits = torch.cat([check_logits(m(x[i:i + step])) for i in range(0, x.shape[0], step)])
+    return resolve_targets(m, logits, target)
+
+
+def _fitting(m: Model, x: torch.Tensor, batch_size: int, held: int) -> int:
+    """`batch_size` lowered to the perturbed rows that fit the memory budget beside `held` bytes
+    (each row also holds its perturbed image and the two it was mixed from)."""
+    B, _, H, W = x.shape
+    budget.check_output(held, x.device, "x", f"the perturbed images of {B} images of {H}x{W}")
+    return budget.rows(m, x, grad=False, total=batch_size, fixed=held,
+                       per_row_extra=3 * x[:1].numel() * x.element_size(), what="one perturbed image")
 
 
 def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
@@ -214,11 +226,13 @@ def _curve(model, x, maps, target, points, score, batch_size, start_fn, end_fn) 
     score = _check_score(score)
     B, _, H, W = x.shape
     S = steps + 1
+    # start and end images, pixel ranks (int64): held through the call
+    batch_size = _fitting(m, x, batch_size, 2 * x.numel() * x.element_size() + B * H * W * 8)
     fractions = torch.linspace(0, 1, S)
     counts = (fractions * H * W).round().long().to(x.device)
     ranks = pixel_ranks(maps)
     with session(m):
-        targets = classes_to_explain(m, x, target)
+        targets = classes_to_explain(m, x, target, batch_size)
         start, end = start_fn(x), end_fn(x)
         out = []
         for i in range(0, B * S, batch_size):
@@ -381,10 +395,13 @@ def road(model, x, maps, *, percentiles: Sequence[float] = range(10, 100, 10), t
     noise = checks.number(noise, "noise", 0.0, 1.0)
     seed = checks.seed(seed, "seed", allow_none=True)
     B, P = x.shape[0], len(percentiles)
+    # the 2 P imputed copies of every image are made up front (on the CPU)
+    batch_size = _fitting(m, x, batch_size, 2 * P * x.numel() * x.element_size())
     imputed = road_images(x, maps, percentiles, noise, seed).view(B * 2 * P, *x.shape[1:])
     with session(m):
-        targets = classes_to_explain(m, x, target)
-        clean = _scores(m, x, targets, score)
+        targets = classes_to_explain(m, x, target, batch_size)
+        clean = torch.cat([_scores(m, x[i:i + batch_size], targets[i:i + batch_size], score)
+                           for i in range(0, B, batch_size)])
         row_target = targets.repeat_interleave(2 * P)
         out = []
         for i in range(0, B * 2 * P, batch_size):

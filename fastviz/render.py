@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import checks, engine
+from . import budget, checks, engine
 from .explain import prepare
 from .engine import Render
 from .errors import FastvizError
@@ -91,7 +91,7 @@ class _Job:
 
 
 def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="zero", start=None,
-         param="pixel", **loop) -> _Job:
+         param="pixel", image_name: str = "size", **loop) -> _Job:
     """Check a synthesis request once, at the public boundary, before anything is allocated.
 
     Raises:
@@ -110,12 +110,32 @@ def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="ze
         if start.shape[0] != rows:
             raise FastvizError(f"start: expected {rows} images, got {start.shape[0]}")
         h, w = start.shape[-2:]
+        image_name = "start" if image_name == "size" else image_name  # its size is the render's
     batch = min(batch_size, rows)
     if batch * c * h * w > checks.MAX_ELEMENTS:
         raise FastvizError(f"{batch_name}: {batch} images of {c}x{h}x{w} are more than "
                            f"a batch holds (2**31 values); lower batch_size or size")
     settings = loop_settings(batch, steps, param=param, seed=seed, **loop)
+    fitting = _fitting(m, batch, (c, h, w), settings, device, image_name)
+    if fitting < batch:
+        batch_size = fitting
+        settings = loop_settings(batch_size, steps, param=param, seed=seed, **loop)
     return _Job(rows, settings, param, (h, w), batch_size, device, init, start)
+
+
+def _fitting(m: Model, batch: int, shape, settings: Settings, device, name: str) -> int:
+    """Rows of a synthesis batch that fit the memory budget (`fastviz.budget`): each row is
+    `crops` network rows forward + backward, plus its parameterisation, optimiser state, views
+    and gradient (about 8 images)."""
+    like = torch.zeros(1, shape[0], 1, 1, device=m.device).expand(1, *shape)  # no pixels allocated
+    crops = settings.transforms.crops if settings.transforms is not None else 1
+    one = like.numel() * like.element_size()
+    prof = budget.profile(m, like, name)
+    if prof is None:
+        return batch
+    target = checks.device(device) or m.device
+    return budget.rows(m, like, grad=True, total=batch, per_row_extra=(crops - 1) * prof.row(True) + 8 * one,
+                       name=name, what="one rendered image", device=target)
 
 
 def _execute(m: Model, objective: Objective, job: _Job, report: Callable[[int], None] | None = None
@@ -342,7 +362,7 @@ def deepdream(model, photo, layer: str, *, octaves: int = 4, octave_scale: float
     checks.progress(progress)
     # Checked once for all octaves; each octave is this job at its size, from its start images.
     job = _job(m, x.shape[0], steps=steps_per_octave, seed=seed, batch_size=None, device=device,
-               size=tuple(x.shape[-2:]), reg=NONE if reg is None else reg, lr=lr, jitter=jitter,
+               size=tuple(x.shape[-2:]), image_name="photo", reg=NONE if reg is None else reg, lr=lr, jitter=jitter,
                optimizer=optimizer, **loop)
     base = x
     h, w = base.shape[-2:]
@@ -389,7 +409,7 @@ def invert(model, photo, layer: str, *, steps: int = 300, seed: int = 0, device=
     tv_weight = checks.number(tv_weight, "tv_weight", 0, 1e6)
     checks.progress(progress)
     job = _job(m, x.shape[0], steps=steps, seed=seed, batch_size=None, device=device,
-               size=tuple(x.shape[-2:]), init="noise", reg=NONE if reg is None else reg, lr=lr, **loop)
+               size=tuple(x.shape[-2:]), image_name="photo", init="noise", reg=NONE if reg is None else reg, lr=lr, **loop)
     with session(m) as s, torch.no_grad():
         acts, _ = s.forward(x, [layer])
     obj = Inversion(layer, acts[layer].float(), alpha, alpha_weight, beta, tv_weight)

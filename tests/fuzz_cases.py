@@ -256,7 +256,7 @@ def _cases() -> list[Case]:
                       ("lr", "pos_float"), ("l2", "nonneg_float"), ("jitter", "nonneg_int"),
                       ("snapshot_every", "batch"), ("progress_every", "batch")):
         bad = BAD[kind]
-        if arg in ("batch_size", "snapshot_every", "progress_every", "device"):
+        if arg in ("batch_size", "snapshot_every", "progress_every", "device", "lr"):  # lr None: the param's default
             bad = bad.filter(lambda v: v is not None)
         add("class_model", arg, kind, cm(**{arg: None}), bad)
     add("class_model", "optimizer", "choice", cm(optimizer=None), st.one_of(st.text(max_size=6), st.integers(), st.none()))
@@ -428,7 +428,109 @@ def _cases() -> list[Case]:
     add("demo_set", "per_photo", "pos_int", lambda m, v: fv.demo_set(per_photo=v))
     add("demo_set", "size", "pos_int", lambda m, v: fv.demo_set(per_photo=1, size=v),
         st.one_of(st.integers(max_value=7), st.integers(min_value=10 ** 5), st.floats(), st.text(max_size=2)))
+    _last_bad_inputs(add)
     return cases
+
+
+class Strict(nn.Module):
+    """Unpadded convolutions: images under 7x7 pixels shrink below a kernel's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                                      nn.Conv2d(4, 4, 3))
+        self.fc = nn.Linear(4, CLASSES)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def _other_weights() -> str:
+    """A state dict of another network (Tiny's), in a file removed at exit."""
+    fd, path = tempfile.mkstemp(suffix=".pt", prefix="fastviz_fuzz_weights_")
+    os.close(fd)
+    torch.save(Tiny().state_dict(), path)
+    atexit.register(os.remove, path)
+    return path
+
+
+_EMBEDDING: list = []
+
+
+def _embedding(m):
+    if not _EMBEDDING:
+        _EMBEDDING.append(fv.embed(m, torch.rand(6, 3, SIZE, SIZE), method="pca"))
+    return _EMBEDDING[0]
+
+
+def _last_bad_inputs(add):
+    """The inputs that reached torch or Python with a foreign error before the last round."""
+    nested = st.one_of(st.just([[0.5, 0.2]]), st.just([[[0.1, 0.2, 0.3]]]), st.lists(st.floats(0, 1), min_size=1,
+                                                                                       max_size=4).map(lambda v: [v]))
+    add("features", "images_or_folder", "nested list", lambda m, v: fv.features(m, v), nested)
+    add("embed", "images_or_folder", "nested list", lambda m, v: fv.embed(m, v, method="pca"), nested)
+    add("load_model", "name", "type", lambda m, v: fv.load_model(v, weights=None),
+        st.one_of(st.lists(st.text(max_size=3), max_size=2), st.just(("resnet18",)), st.floats()))
+    add("load_model", "weights", "path", lambda m, v: fv.load_model("resnet18", weights=v),
+        st.one_of(st.integers(), st.floats(), st.just([1]), st.just(_other_weights()),
+                  st.just("/nonexistent/w.pt")))
+    strict = fv.Model(Strict(), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE)
+    small = st.tuples(st.integers(1, 6), st.integers(1, 6)).map(lambda s: torch.rand(1, 3, *s))
+    add("predict", "x", "too small", lambda m, v: fv.predict(strict, v, k=1), small)
+    add("saliency", "x", "too small", lambda m, v: fv.saliency(strict, v), small)
+    one_pixel = st.integers(1, 3).map(lambda b: torch.rand(b, 3, 1, 1))
+    for f in ("gradcam", "guided_gradcam", "layercam", "scorecam"):
+        add(f, "x", "too small", lambda m, v, f=f: getattr(fv, f)(m, v), one_pixel)
+    fmap = fv.Model(nn.Conv2d(3, 4, 3, padding=1), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE)
+    add("class_model", "model", "type", lambda m, v: fv.class_model(v, [1], steps=1),
+        st.just(fmap) | st.just(fmap.module))
+    nonfinite = st.sampled_from([math.nan, math.inf, -math.inf]).map(
+        lambda v: torch.rand(2, 3, 4, 4).index_put_((torch.tensor([0]), torch.tensor([0]), torch.tensor([1])), torch.tensor(v)))
+    add("grid", "images", "non-finite", lambda m, v: fv.grid(v), nonfinite)
+    add("normalize", "t", "non-finite", lambda m, v: fv.normalize(v), nonfinite)
+    add("overlay", "image", "non-finite", lambda m, v: fv.overlay(v[0], torch.rand(4, 4)), nonfinite)
+    add("overlay", "m", "non-finite", lambda m, v: fv.overlay(torch.rand(3, 4, 4), v[0, 0]), nonfinite)
+    add("overlay", "image", "channels", lambda m, v: fv.overlay(v, torch.rand(8, 8)),
+        st.sampled_from([2, 4, 5]).map(lambda c: torch.rand(c, 8, 8)))
+    add("Embedding.scatter", "groups", "type", lambda m, v: _embedding(m).scatter(groups=v),
+        st.one_of(st.integers(), st.floats(), st.just(object()), st.just(["a"])))
+    add("Embedding.neighbours", "k", "pos_int", lambda m, v: _embedding(m).neighbours(0, k=v),
+        st.one_of(st.text(max_size=3), st.floats(), st.none(), st.integers(max_value=0), st.integers(6, 100)))
+    add("Embedding.neighbours", "i", "nonneg_int", lambda m, v: _embedding(m).neighbours(v),
+        st.one_of(st.booleans(), st.text(max_size=3), st.floats(), st.integers(min_value=6)))
+    _over_budget(add)
+
+
+SMALL_BUDGET = 8 * 2 ** 20
+
+
+def _in_budget(call):
+    """call(model, value) inside an 8 MB memory budget."""
+    def run(m, v):
+        with fv.memory_budget(SMALL_BUDGET):
+            return call(m, v)
+    return run
+
+
+def _over_budget(add):
+    """Inputs that do not fit the memory budget: one image too large to run even alone (a
+    broadcast view, no pixels allocated), or more maps than the budget holds."""
+    add("memory_budget", "nbytes", "pos_int", lambda m, v: fv.memory_budget(v),
+        st.one_of(st.integers(max_value=2 ** 20 - 1), st.floats(), st.booleans(), st.text(max_size=3),
+                  st.just([1])))
+    one = st.integers(1500, 12000).map(lambda s: torch.rand(1, 3, 1, 1).expand(1, 3, s, s))
+    many = st.integers(40000, 150000).map(lambda n: torch.rand(1, 3, 1, 1).expand(n, 3, SIZE, SIZE))
+    for f, kw in (("predict", {}), ("saliency", {}), ("guided_backprop", {}), ("gradcam", {}), ("layercam", {}),
+                  ("scorecam", {}), ("smoothgrad", {"n": 2}), ("integrated_gradients", {"points": 2})):
+        fn = getattr(fv, f)
+        add(f, "x", "over budget", _in_budget(lambda m, v, fn=fn, kw=kw: fn(m, v, **kw)), one)
+        if f != "predict":  # predict keeps k numbers per image, not maps
+            add(f, "x", "over budget", _in_budget(lambda m, v, fn=fn, kw=kw: fn(m, v, **kw)), many)
+    add("features", "images_or_folder", "over budget", _in_budget(lambda m, v: fv.features(m, v)), one)
+    add("deepdream", "photo", "over budget",
+        _in_budget(lambda m, v: fv.deepdream(m, v, LAYER, octaves=1, steps_per_octave=1)), one)
+    add("class_model", "size", "over budget", _in_budget(lambda m, v: fv.class_model(m, [1], steps=1, size=v)),
+        st.integers(1500, 12000))
 
 
 CASES = _cases()

@@ -374,3 +374,87 @@ def test_bomb_and_corrupt_files(tmp_path):
     raises(lambda: fv.load_images([tmp_path / "bomb.png", 3]), "paths")
     raises(lambda: fv.load_images(tmp_path, size=0), "size")
     raises(lambda: fv.load_images(tmp_path, crop=float("nan")), "crop")
+
+
+# -- the last bad inputs: each reached torch or Python with a foreign error ----------------------
+class Unpadded(nn.Module):
+    """Unpadded 3x3 convolutions: the smallest image it takes is 7x7."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def test_images_smaller_than_the_network_takes_say_the_smallest_side():
+    m = fv.Model(Unpadded(), mean=(0.5,) * 3, std=(0.5,) * 3, input_size=16)
+    for side in (1, 6):
+        with pytest.raises(fv.FastvizError, match=r"x: images of .* smaller than Unpadded takes.* 7x7"):
+            fv.predict(m, torch.rand(1, 3, side, side))
+    with pytest.raises(fv.FastvizError, match=r"images_or_folder: .*smallest it takes is 7x7"):
+        fv.features(m, torch.rand(2, 3, 4, 4))
+    assert len(fv.predict(m, torch.rand(2, 3, 7, 7), k=1)) == 2  # the smallest runs
+
+
+def test_cams_on_a_1x1_image_blame_x_not_layer(m):
+    for f in (fv.gradcam, fv.guided_gradcam, fv.layercam, fv.scorecam):
+        with pytest.raises(fv.FastvizError, match=r"^x: at 1x1 pixels .* give larger images"):
+            f(m, torch.rand(2, 3, 1, 1))
+
+
+def test_features_of_a_nested_list_of_numbers(m):
+    for f in (fv.features, lambda m, v: fv.embed(m, v, method="pca")):
+        with pytest.raises(fv.FastvizError, match=r"images_or_folder: .*a list holding list.*torch.tensor"):
+            f(m, [[0.5, 0.25], [0.1, 0.2]])
+
+
+def test_load_model_name_and_weights(tmp_path):
+    with pytest.raises(fv.FastvizError, match=r"^name: expected a model name \(str\), got list"):
+        fv.load_model(["resnet18"], weights=None)
+    with pytest.raises(fv.FastvizError, match=r"^weights: expected 'default', a path .* got int 3"):
+        fv.load_model("resnet18", weights=3)
+    path = tmp_path / "alexnet.pt"
+    import torchvision
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    with pytest.raises(fv.FastvizError, match=r"^weights: this file is for a different network than ResNet: "
+                                              r"122 missing keys \(e.g. 'conv1.weight'.*\), 16 unexpected"):
+        fv.load_model("resnet18", weights=path)
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    torch.save(state, path)
+    with pytest.raises(fv.FastvizError, match=r"^weights: .*differently sized network: 2 tensors have other "
+                                              r"shapes \(e.g. 'fc.weight': \(10, 512\) in the file"):
+        fv.load_model("resnet18", weights=path)
+
+
+def test_class_model_on_a_network_that_returns_a_feature_map():
+    net = nn.Conv2d(3, 4, 3, padding=1)
+    with pytest.raises(fv.FastvizError, match=r"^model: a class score needs \(B, classes\) .* \(1, 4, 16, 16\), "
+                                              r"a feature map"):
+        fv.class_model(fv.Model(net, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=16), [1], steps=1)
+
+
+def test_pictures_refuse_non_finite_values_and_4_channels():
+    bad = torch.rand(2, 3, 8, 8)
+    bad[0, 1, 2, 3] = float("nan")
+    for call, name in ((lambda: fv.grid(bad), "images"), (lambda: fv.normalize(bad), "t"),
+                       (lambda: fv.heatmap(bad[0, 1]), "m"), (lambda: fv.overlay(bad[0], torch.rand(8, 8)), "image"),
+                       (lambda: fv.overlay(torch.rand(3, 8, 8), bad[0, 1] * float("inf")), "m")):
+        with pytest.raises(fv.FastvizError, match=rf"^{name}: holds NaN or inf values"):
+            call()
+    with pytest.raises(fv.FastvizError, match=r"^image: expected 3 channels \(RGB\) or 1 \(gray\), got 4.*alpha"):
+        fv.overlay(torch.rand(4, 8, 8), torch.rand(8, 8))
+    assert fv.overlay(torch.rand(1, 8, 8), torch.rand(8, 8)).shape == (3, 8, 8)  # gray still blends
+
+
+def test_embedding_scatter_and_neighbours_arguments(m):
+    e = fv.embed(m, torch.rand(6, 3, 16, 16), method="pca")
+    with pytest.raises(fv.FastvizError, match=r"^groups: expected one group per image \(a list of 6\), got int 3"):
+        e.scatter(groups=3)
+    with pytest.raises(fv.FastvizError, match=r"^k: expected an int, got str '5'"):
+        e.neighbours(0, k="5")
+    with pytest.raises(fv.FastvizError, match=r"^i: "):
+        e.neighbours(True)
+    assert e.neighbours(0, k=np.int64(2)).shape == (2,)
