@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import budget
 from .errors import FastvizError
 from .explain import check_class_target, check_logits, prepare, target_scores
 from .hooks import session
@@ -105,14 +106,18 @@ def attention_rollout(model, x, *, residual: float = 0.5) -> torch.Tensor:
 
     residual = checks.number(residual, "residual", 0, 1)
     m, x = prepare(model, x)
-    probs, _, _ = _attentions(m, x, None, with_grad=False)
-    eye = torch.eye(probs[0].shape[-1], device=x.device, dtype=probs[0].dtype)
-    rollout = eye.expand(x.shape[0], -1, -1)
-    for a in probs:
-        a = residual * eye + (1 - residual) * a.mean(1)
-        a = a / a.sum(-1, keepdim=True)
-        rollout = a @ rollout
-    return _to_map(m, rollout[:, 0], x)
+    _attention_modules(m)
+
+    def rows(xs, _):
+        probs, _, _ = _attentions(m, xs, None, with_grad=False)
+        eye = torch.eye(probs[0].shape[-1], device=xs.device, dtype=probs[0].dtype)
+        rollout = eye.expand(xs.shape[0], -1, -1)
+        for a in probs:
+            a = residual * eye + (1 - residual) * a.mean(1)
+            a = a / a.sum(-1, keepdim=True)
+            rollout = a @ rollout
+        return _to_map(m, rollout[:, 0], xs)
+    return budget.by_rows(rows, x, None, _step(m, x, grad=False))
 
 
 def transformer_attribution(model, x, target=None) -> torch.Tensor:
@@ -130,10 +135,25 @@ def transformer_attribution(model, x, target=None) -> torch.Tensor:
     """
     m, x = prepare(model, x)
     check_class_target(m, x, target, "transformer_attribution")
-    probs, grads, _ = _attentions(m, x, target, with_grad=True)
-    n = probs[0].shape[-1]
-    r = torch.eye(n, device=x.device, dtype=probs[0].dtype).expand(x.shape[0], -1, -1)
-    for a, g in zip(probs, grads):
-        cam = (g * a).clamp(min=0).mean(1)
-        r = r + cam @ r
-    return _to_map(m, r[:, 0], x)
+    _attention_modules(m)
+
+    def rows(xs, ts):
+        probs, grads, _ = _attentions(m, xs, ts, with_grad=True)
+        n = probs[0].shape[-1]
+        r = torch.eye(n, device=xs.device, dtype=probs[0].dtype).expand(xs.shape[0], -1, -1)
+        for a, g in zip(probs, grads):
+            cam = (g * a).clamp(min=0).mean(1)
+            r = r + cam @ r
+        return _to_map(m, r[:, 0], xs)
+    return budget.by_rows(rows, x, target, _step(m, x, grad=True))
+
+
+def _step(m, x, grad: bool) -> int:
+    """Rows per forward within the memory budget, the maps and each row's attention included."""
+    mods = _attention_modules(m)
+    kept = x.shape[0] * x.shape[-2] * x.shape[-1] * 4
+    budget.check_output(kept, x.device, "x", f"{x.shape[0]} maps of {tuple(x.shape[-2:])}")
+    patch = getattr(getattr(m.module, "patch_embed", None), "patch_size", None) or (16, 16)
+    tokens = int(getattr(m.module, "num_prefix_tokens", 1)) + (x.shape[-2] // patch[0]) * (x.shape[-1] // patch[1])
+    per_row = sum(mod.num_heads for mod in mods) * tokens * tokens * 4 * (2 if grad else 1)
+    return budget.rows(m, x, grad=grad, total=x.shape[0], fixed=kept, per_row_extra=per_row)

@@ -94,6 +94,7 @@ CALLS = {
     "render_objective": lambda m, x, s: fv.render_objective(m, fv.dream(L), ROWS, steps=2, jitter=0),
     "deepdream": lambda m, x, s: fv.deepdream(m, x, L, octaves=1, steps_per_octave=2, jitter=0),
     "invert": lambda m, x, s: fv.invert(m, x, L, steps=2),
+    "lrp": lambda m, x, s: fv.lrp(m, x, 3),
 }
 # Public names of the hygiene list that hold no rows to chunk (the filters are the weights).
 NO_ROWS = {"filters", "filter_grid", "atlas"}

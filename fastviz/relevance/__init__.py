@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .. import checks
+from .. import budget, checks
 from ..errors import FastvizError
 from ..explain import check_class_target, check_logits, prepare, target_scores
 from ..lower.cache import _same, fingerprint
@@ -103,6 +103,20 @@ def lrp(model, x, target=None, *, composite: str = "epsilon_plus_flat",
                      _normalised(m, high, x.shape[1]))
     user = {name: _in_network_units(m, rule, x.shape[1]) for name, rule in user.items()}
     net = _relevance_net(m, x, spec, user)
+    n, kept = x.shape[0], x.numel() * x.element_size()
+    budget.check_output(kept, x.device, "x", f"{n} relevance maps of {tuple(x.shape[1:])}")
+    # Each rule keeps its layer's input and output for the backward: about twice what a
+    # gradient keeps, so half the rows of a gradient's chunk (fastviz.budget).
+    step = max(1, budget.rows(m, x, grad=True, total=n, fixed=kept) // 2)
+    parts = [_explain(m, net, x[i:i + step], budget.row_slice(target, i, i + step))
+             for i in range(0, n, step)]
+    rel, score, used = (torch.cat(t) for t in zip(*parts))
+    conservation = rel.flatten(1).sum(1) / score
+    return LRPResult(rel, used, score, conservation, composite, dict(net.rules))
+
+
+def _explain(m: Model, net: RelevanceNet, x: torch.Tensor, target):
+    """One chunk: (relevance, explained logit, class) per row, one forward and one backward."""
     with torch.enable_grad():
         xn = m.normalize(x)
         if xn.dim() == 4:  # the copy's weights are channels_last (measured faster on the CPU)
@@ -111,10 +125,7 @@ def lrp(model, x, target=None, *, composite: str = "epsilon_plus_flat",
         logits = check_logits(m.select(net.module(xn)))
         score, used = target_scores(m, logits, target)
         (rel,) = torch.autograd.grad(score, xn, grad_outputs=score.detach())
-    rel = rel.detach().contiguous()
-    score = score.detach()
-    conservation = rel.flatten(1).sum(1) / score
-    return LRPResult(rel, used, score, conservation, composite, dict(net.rules))
+    return rel.detach().contiguous(), score.detach(), used
 
 
 def _bounds(value, name: str):
