@@ -145,7 +145,7 @@ def test_ties_go_to_the_lower_index_and_scores_mean_and_neuron():
 def test_receptive_field_of_two_3x3_convs_is_5x5_and_crops_cut_it():
     m = tiny()
     x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    ex = fv.dataset_examples(m, x, layer="features.3", k=3)
+    ex = fv.dataset_examples(m, x, layer="features.3", k=3, field=1.0)
     assert ex.field_size == (5, 5)
     for c in range(8):
         for j in range(3):
@@ -161,12 +161,16 @@ def test_receptive_field_of_two_3x3_convs_is_5x5_and_crops_cut_it():
 def test_receptive_field_of_a_strided_net():
     from tiny_net import tiny_net
 
-    ex = fv.dataset_examples(tiny_net(), torch.rand(4, 3, 32, 32), layer="2", k=2)
+    ex = fv.dataset_examples(tiny_net(), torch.rand(4, 3, 32, 32), layer="2", k=2, field=1.0)
     # conv 3x3 stride 2, conv 3x3 stride 2 (no padding): 7x7, moving 4 pixels per map step
     assert ex.map_size == (7, 7) and ex.field_size == (7, 7)
     from fastviz.examples.field import receptive_field
-    rows, cols = receptive_field(tiny_net(), "2", (32, 32), (7, 7), torch.device("cpu"))
+    rows, cols = receptive_field(tiny_net(), "2", (32, 32), (7, 7), torch.device("cpu"), mass=1.0)
     assert rows[:, 0].tolist() == [0, 4, 8, 12, 16, 20, 24] and bool((rows[:, 1] - rows[:, 0] == 7).all())
+    # the effective field (the middle half of the gradient's mass) sits inside the theoretical one
+    eff, _ = receptive_field(tiny_net(), "2", (32, 32), (7, 7), torch.device("cpu"), mass=0.5)
+    assert bool((eff[:, 0] >= rows[:, 0]).all() and (eff[:, 1] <= rows[:, 1]).all())
+    assert bool(((eff[:, 1] - eff[:, 0]) < 7).any())
 
 
 def test_save_writes_crops_and_a_manifest(tmp_path):

@@ -42,7 +42,7 @@ def _check_score(score):
 
 
 def dataset_examples(model, data, *, layer: str | Sequence[str], channels="all", k: int = 9,
-                     score="max", batch_size: int = 32, num_workers: int = 0, size: int | None = None,
+                     score="max", field: float = 0.9, batch_size: int = 32, num_workers: int = 0, size: int | None = None,
                      device=None, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
                      force: bool = False, progress: ProgressArg = None, timeout: float = 7200.0
                      ) -> Examples | dict[str, Examples]:
@@ -59,6 +59,10 @@ def dataset_examples(model, data, *, layer: str | Sequence[str], channels="all",
         k: examples per channel; more than the images read keeps them all, with a warning.
         score: "max" (the channel's spatial maximum, as OpenAI Microscope), "mean", or (y, x):
             one neuron, its value at that position of the map. Ties go to the lower image index.
+        field: the crop around each maximum is the receptive field of that position measured on
+            the network (a gradient probe): the middle `field` share of the gradient's mass along
+            rows and columns (the effective field); 1.0 keeps every pixel that can change the unit
+            (the theoretical field, often the whole image for deep layers).
         batch_size: images per forward.
         num_workers: DataLoader worker processes decoding files (0: in this process).
         size: side of decoded images (default: the model's input size, else 224).
@@ -92,6 +96,7 @@ def dataset_examples(model, data, *, layer: str | Sequence[str], channels="all",
         raise FastvizError(f"layer: listed twice in {layers}")
     k = checks.positive_int(k, "k")
     score = _check_score(score)
+    field = checks.number(field, "field", 0.0, 1.0, low_open=True)
     batch_size = checks.positive_int(batch_size, "batch_size")
     num_workers = checks.int_in(num_workers, "num_workers", 0, 64)
     if size is not None:
@@ -138,7 +143,7 @@ def dataset_examples(model, data, *, layer: str | Sequence[str], channels="all",
         states, skipped, read = scan(m, source, layers, chans, k, score, batch_size=batch_size,
                                      num_workers=num_workers, dev=dev, d=d, checkpoint=checkpoint, every=every,
                                      force=force, settings=settings, progress=progress)
-        fields = {n: receptive_field(m, n, source.shape, shapes[n][1:], dev) for n in layers}
+        fields = {n: receptive_field(m, n, source.shape, shapes[n][1:], dev, field) for n in layers}
     if read == 0:
         first = f"; the first: {skipped[0][1]}" if skipped else ""
         raise FastvizError(f"data: none of its {n_images} images could be read{first}")

@@ -1,11 +1,15 @@
 """The receptive field of each position of a layer's map, measured on the network by a gradient probe.
 
 For position (y, x) of the layer's output, the input pixels that can change it are those where
-d(sum over channels of a[:, y, x]) / d(input) is non-zero. Convolutional networks are separable
-in this respect (rows depend on y, columns on x), so one probe per diagonal position (i, i)
-gives the row span of map row i and the column span of map column i: max(h, w) probes, batched.
-Each probe is taken on two random images and the supports are joined, so that a unit dead at
-one point (a ReLU at zero, a max-pool's losing input) does not shrink the field.
+g = d(sum over channels of a[:, y, x]) / d(input) is non-zero: the theoretical field (`mass`
+1.0). Deep layers' theoretical fields cover the whole image while most of the gradient sits in
+a much smaller middle part (the effective receptive field, Luo et al. 2016), so by default the
+span keeps the middle `mass` = 0.9 of |g| along rows and along columns (5% cut from each side).
+Convolutional networks are separable in this respect (rows depend on y, columns on x), so one
+probe per diagonal position (i, i) gives the row span of map row i and the column span of map
+column i: max(h, w) probes, batched. Each probe is taken on two random images (supports
+joined, masses averaged), so that a unit dead at one point (a ReLU at zero, a max-pool's losing
+input) does not shrink the field.
 """
 
 from __future__ import annotations
@@ -19,16 +23,26 @@ PROBE_IMAGES = 2
 CHUNK = 8
 
 
-def _span(support: torch.Tensor) -> tuple[int, int]:
-    """[first, last + 1) of the True entries of a 1-D mask; the whole length when there are none."""
-    idx = support.nonzero().flatten()
-    if idx.numel() == 0:
-        return 0, support.numel()
-    return int(idx[0]), int(idx[-1]) + 1
+def _span(weights: torch.Tensor, mass: float) -> tuple[int, int]:
+    """[start, stop) of a 1-D profile of |gradient|: the non-zero support (mass >= 1) or the
+    middle `mass` of it; the whole length when it is all zero."""
+    if mass >= 1:
+        idx = (weights > 0).nonzero().flatten()
+        if idx.numel() == 0:
+            return 0, weights.numel()
+        return int(idx[0]), int(idx[-1]) + 1
+    total = float(weights.sum())
+    if total <= 0:
+        return 0, weights.numel()
+    c = weights.double().cumsum(0) / total
+    cut = (1 - mass) / 2
+    start = int((c <= cut).sum())
+    stop = int((c < 1 - cut).sum()) + 1
+    return start, max(stop, start + 1)
 
 
 def receptive_field(m: Model, layer: str, image_hw: tuple[int, int], map_hw: tuple[int, int],
-                    device) -> tuple[torch.Tensor, torch.Tensor]:
+                    device, mass: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """Row spans (h, 2) and column spans (w, 2), [start, stop) in input pixels, of `layer`'s map.
 
     Args:
@@ -37,6 +51,7 @@ def receptive_field(m: Model, layer: str, image_hw: tuple[int, int], map_hw: tup
         image_hw: (H, W) of the scanned images.
         map_hw: (h, w) of the layer's output at that size.
         device: where to run the probe.
+        mass: the share of |gradient| the span keeps (1.0: every pixel that can change the unit).
     """
     (H, W), (h, w) = image_hw, map_hw
     n = max(h, w)
@@ -54,10 +69,12 @@ def receptive_field(m: Model, layer: str, image_hw: tuple[int, int], map_hw: tup
             px = torch.tensor([xs[p] for p in pos for _ in range(PROBE_IMAGES)], device=act.device)
             picked = act[torch.arange(act.shape[0], device=act.device), :, py, px]
             (grad,) = torch.autograd.grad(picked.sum(), x)
-            support = (grad.abs().sum(1) > 0).view(len(pos), PROBE_IMAGES, H, W).any(1).cpu()
+            g = grad.abs().sum(1).double()
+            g = g / g.flatten(1).sum(1).clamp_min(1e-300)[:, None, None]  # each probe image weighs the same
+            g = g.view(len(pos), PROBE_IMAGES, H, W).sum(1).cpu()
             for j, p in enumerate(pos):
-                rows[ys[p]] = torch.tensor(_span(support[j].any(1)))
-                cols[xs[p]] = torch.tensor(_span(support[j].any(0)))
+                rows[ys[p]] = torch.tensor(_span(g[j].sum(1), mass))
+                cols[xs[p]] = torch.tensor(_span(g[j].sum(0), mass))
     return rows, cols
 
 

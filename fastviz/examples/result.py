@@ -27,7 +27,7 @@ from .source import Source
 EXAMPLES_MANIFEST = "examples.jsonl"
 EXAMPLES_SETTINGS = "examples.json"
 OVERLAY_ALPHA = 0.45
-CHANNEL_CHUNK = 16  # channels whose images are decoded together when saving (bounded memory)
+CHANNEL_CHUNK = 64  # channels whose images are decoded together when saving (bounded memory)
 
 
 def unit_name(layer: str, channel: int, channels: int) -> str:
@@ -112,17 +112,23 @@ class Examples:
             raise FastvizError("c: these examples were loaded without their images; crops are in the saved folder")
         imgs = self._source.load(self.indices[c].tolist())
         if overlay:
-            imgs = self._overlays(imgs, [c] * len(imgs))
+            imgs = self._overlays(imgs, self._activations(imgs)[:, c])
         return torch.stack([img[:, t:b, l:r] for img, (t, l, b, r) in zip(imgs, self.windows(c).tolist())])
 
-    def _overlays(self, imgs: torch.Tensor, chans: list[int]) -> torch.Tensor:
+    def _activations(self, imgs: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        """(N, C, h, w) of the layer for images (N, 3, H, W), on the CPU, in batches."""
+        m = self._model
+        out = []
+        with session(m, no_inplace=True) as s, torch.no_grad():
+            for a in range(0, len(imgs), batch):
+                acts, _ = s.forward(imgs[a:a + batch].to(m.device), [self.layer], stop=True)
+                out.append(acts[self.layer].float().cpu())
+        return torch.cat(out)
+
+    def _overlays(self, imgs: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Each (h, w) map, upsampled and min-max scaled, blended over its image."""
         from ..image import overlay
 
-        m = self._model
-        with session(m, no_inplace=True) as s, torch.no_grad():
-            acts, _ = s.forward(imgs.to(m.device), [self.layer], stop=True)
-        a = acts[self.layer]
-        maps = a[torch.arange(len(chans), device=a.device), torch.tensor(chans, device=a.device)].float().cpu()
         maps = F.interpolate(maps[:, None], size=imgs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return overlay(imgs.cpu(), maps, alpha=OVERLAY_ALPHA)
 
@@ -167,10 +173,12 @@ class Examples:
             chans = self.channels[a:a + CHANNEL_CHUNK]
             wanted = sorted({int(i) for c in chans for i in self.indices[c].tolist()})
             imgs = self._source.load(wanted)
+            acts = self._activations(imgs)  # each image once, however many units it serves
             row = {i: r for r, i in enumerate(wanted)}
             for c in chans:
-                sel = imgs[[row[int(i)] for i in self.indices[c].tolist()]]
-                both = torch.cat([sel, self._overlays(sel, [c] * len(sel))])
+                rows = [row[int(i)] for i in self.indices[c].tolist()]
+                sel = imgs[rows]
+                both = torch.cat([sel, self._overlays(sel, acts[rows, c])])
                 wins = self.windows(c).tolist() * 2
                 files = [e[key] for key in ("file", "overlay") for e in by_target[unit_name(self.layer, c, self.indices.shape[0])]["examples"]]
                 for img, (t, l, b, r), name in zip(both, wins, files):
