@@ -344,3 +344,52 @@ def test_two_ranks_under_torchrun_merge_exactly(folder, truth, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _check(_result(r.stdout), truth)
     assert sorted(p.name for p in (tmp_path / "state").glob("scan.rank*.pt")) == ["scan.rank0.pt", "scan.rank1.pt"]
+
+
+# -- the atlas with dataset examples ------------------------------------------------------------
+def test_atlas_with_a_dataset_records_each_units_examples(tmp_path):
+    from fastviz.atlas import validate_record
+
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fv.atlas(tiny(), tmp_path, layers="features.3", channels=[2, 5], steps=3, batch_size=2, dataset=x,
+             examples_k=4, progress=False, jitter=2)
+    recs = [json.loads(s) for s in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert [r["target"] for r in recs] == ["features.3/0002", "features.3/0005"]
+    ex = fv.dataset_examples(tiny(), x, layer="features.3", channels=[2, 5], k=4)
+    for r in recs:
+        validate_record(r)
+        assert [e["image"] for e in r["examples"]] == ex.indices[r["index"]].tolist()
+        assert all((tmp_path / e["overlay"]).is_file() for e in r["examples"])
+    assert '"overlay":"features.3/0005_e0_act.png"' in (tmp_path / "index.html").read_text()
+    with pytest.raises(fv.FastvizError, match="dataset: .*give layers"):
+        fv.atlas(tiny(), tmp_path / "b", classes=[1], dataset=x, progress=False)
+
+
+@pytest.mark.slow  # starts a browser
+def test_a_unit_page_shows_its_examples_in_headless_chromium(tmp_path):
+    from chromium import Chromium, find_chromium, open_gallery
+
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fv.atlas(tiny(), tmp_path, layers="features.3", steps=3, batch_size=4, dataset=x, examples_k=4,
+             progress=False, jitter=2)
+    browser = Chromium(exe, str(tmp_path / "profile"), width=1280, height=900)
+    try:
+        browser.send("Page.navigate", url=f"file://{tmp_path / 'index.html'}#features.3/5")
+        browser.wait_event("Page.loadEventFired")
+        page = browser.eval(
+            "(async () => { const imgs = [...document.querySelectorAll('#examples img')];"
+            " await Promise.all(imgs.map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; })));"
+            " return {open: document.getElementById('view').classList.contains('open'),"
+            " title: document.getElementById('title').textContent, n: imgs.length,"
+            " loaded: imgs.filter(i => i.naturalWidth > 0).length,"
+            " captions: [...document.querySelectorAll('#examples figcaption')].map(c => c.textContent)}; })()")
+        assert page["open"] and page["title"] == "features.3/0005"
+        assert page["n"] == page["loaded"] == 4
+        ex = fv.dataset_examples(tiny(), x, layer="features.3", k=4)
+        assert page["captions"][0].split()[1] == str(int(ex.indices[5, 0]))
+        assert browser.errors() == []
+    finally:
+        browser.close()
