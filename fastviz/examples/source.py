@@ -94,6 +94,24 @@ class WrappedDataset(torch.utils.data.Dataset):
             return i, torch.zeros(3, self.size, self.size), False, f"item {i}: {type(e).__name__}: {e}"
 
 
+def worker_context():
+    """Workers forked from a forkserver that has imported fastviz, not from this process.
+
+    A worker forked from the scanning process shares its heap copy-on-write, so every page the
+    forward writes afterwards is copied once per call (measured: the scan of 128 images at 0.71x
+    the forward floor with 1 worker, 0.91x decoding in the process itself). The forkserver pays
+    its imports once per process; its workers start in milliseconds and share nothing with the
+    forward. Where there is no forkserver, the default context.
+    """
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return None
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # taken when the server starts (once per process)
+    return ctx
+
+
 class Source:
     """N images, their names, and batches of them.
 
@@ -150,7 +168,8 @@ class Source:
             return
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[list(r) for r in batches],
                                              num_workers=num_workers, pin_memory=pin,
-                                             prefetch_factor=4 if num_workers else None)
+                                             prefetch_factor=4 if num_workers else None,
+                                             multiprocessing_context=worker_context() if num_workers else None)
         yield from loader
 
     def load(self, indices: list[int]) -> torch.Tensor:
