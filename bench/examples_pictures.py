@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 import fastviz as fv
 
 ROOT = Path(__file__).resolve().parents[1]
-CHANNELS = [0, 1, 2, 3, 4, 5]
+CHANNELS = [0, 1, 2, 3]
 K, SHOWN, CELL = 9, 5, 112
 
 
@@ -71,7 +71,7 @@ def screenshot(out: Path, dest: Path) -> bool:
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "out" / "examples_atlas"
     t = time.perf_counter()
-    r = fv.atlas(fv.load_model(), out, layers="_blocks.10", channels=CHANNELS, steps=256, batch_size=len(CHANNELS),
+    r = fv.atlas(fv.load_model(), out, layers="_blocks.10", channels=CHANNELS, steps=128, batch_size=len(CHANNELS),
                  dataset=fv.demo_set().images, examples_k=K, progress=True)
     print(f"atlas + examples: {time.perf_counter() - t:.0f} s ({r.rendered} rendered)")
     table(out, ROOT / "docs" / "img" / "examples_blocks10.png")
