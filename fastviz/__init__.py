@@ -12,6 +12,7 @@ from .budget import memory_budget
 from .cam import gradcam, guided_gradcam, layercam, scorecam
 from .demo_data import demo_set
 from .engine import Render
+from .examples import Examples, dataset_examples
 from .errors import FastvizError
 from .image import grid, heatmap, normalize, overlay, save_image
 from .embedding import Embedding, embed, neighbour_agreement
@@ -44,9 +45,11 @@ __all__ = [
     "deepdream",
     "deletion",
     "demo_set",
+    "dataset_examples",
     "dream",
     "embed",
     "Embedding",
+    "Examples",
     "FastvizError",
     "feature",
     "features",

@@ -337,6 +337,17 @@ def _cases() -> list[Case]:
     add("features", "pool", "choice", lambda m, v: fv.features(m, X, layer=LAYER, pool=v),
         st.one_of(st.text(max_size=5), st.integers(), st.none()))
     add("features", "thumbnail", "pos_int", lambda m, v: fv.features(m, X, thumbnail=v))
+    # dataset examples (a list of layer names is a valid `layer`; a k beyond the data warns)
+    D = torch.rand(4, 3, SIZE, SIZE)
+    add("dataset_examples", "data", "images", lambda m, v: fv.dataset_examples(m, v, layer=LAYER),
+        bad_images().filter(lambda v: not isinstance(v, (str, list)) and v is not None))
+    add("dataset_examples", "layer", "layer", lambda m, v: fv.dataset_examples(m, D, layer=v),
+        BAD["layer"].filter(lambda v: not isinstance(v, list)))
+    add("dataset_examples", "channels", "channels", lambda m, v: fv.dataset_examples(m, D, layer=LAYER, channels=v))
+    add("dataset_examples", "k", "pos_int", lambda m, v: fv.dataset_examples(m, D, layer=LAYER, k=v),
+        BAD["pos_int"].filter(lambda v: not (isinstance(v, int) and not isinstance(v, bool) and v > 0)))
+    add("dataset_examples", "batch_size", "batch", lambda m, v: fv.dataset_examples(m, D, layer=LAYER, batch_size=v))
+    add("dataset_examples", "field", "unit_float", lambda m, v: fv.dataset_examples(m, D, layer=LAYER, field=v))
     E = torch.rand(4, 3, SIZE, SIZE)
     add("embed", "method", "choice", lambda m, v: fv.embed(m, E, method=v), st.one_of(st.text(max_size=5), st.integers()))
     add("embed", "perplexity", "pos_float", lambda m, v: fv.embed(m, E, perplexity=v))

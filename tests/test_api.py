@@ -21,6 +21,7 @@ POSITIONAL = {  # what docs/api.md says may be given by position
     "feature": ["model", "layer", "channels"], "neuron": ["model", "neurons"],
     "deepdream": ["model", "photo", "layer"], "invert": ["model", "photo", "layer"],
     "render_objective": ["model", "objective", "rows"], "atlas": ["model", "out"],
+    "dataset_examples": ["model", "data"],
     "features": ["model", "images_or_folder"], "embed": ["model", "images_or_folder"], "predict": ["model", "x"],
 }
 

@@ -52,3 +52,43 @@ def test_synthesis_method_flags(tmp_path, capsys):
     assert main(["class", "130", "--param", "pixel", "--decay", "0.01", "--steps", "1", "--out", str(out)]) == 0
     assert main(["class", "130", "--decay", "0.01", "--steps", "1"]) == 2  # maco has no Yosinski step
     assert "reg: the Yosinski regularizer applies to param='pixel' only" in capsys.readouterr().err
+
+
+def test_examples_command_writes_crops_and_a_manifest(photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        (folder / photos[name].name).write_bytes(photos[name].read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "ex"
+    with pytest.warns(UserWarning, match="data: skipped .*broken.jpg"):
+        assert main(["examples", str(folder), "--layer", "_blocks.10", "--channels", "0-2", "--k", "2",
+                     "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    assert "3 channels x 2 from 4 images (1 skipped)" in capsys.readouterr().out
+    lines = [json.loads(s) for s in (out / "examples.jsonl").read_text().splitlines()]
+    assert [ln["target"] for ln in lines] == ["_blocks.10/0000", "_blocks.10/0001", "_blocks.10/0002"]
+    assert all((out / e["overlay"]).is_file() for ln in lines for e in ln["examples"])
+    info = json.loads((out / "examples.json").read_text())["layers"]["_blocks.10"]
+    assert info["images"] == 4 and info["skipped"][0]["name"] == "broken.jpg"
+    assert main(["examples", str(tmp_path / "nowhere"), "--layer", "_blocks.10", "--out", str(out)]) == 2
+    assert "data: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the demo crops (280 images) through Lite0
+def test_examples_demo_needs_no_download(tmp_path, capsys):
+    assert main(["examples", "demo", "--layer", "_blocks.10", "--channels", "0-3", "--k", "4",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "4 channels x 4 from 280 images (0 skipped)" in capsys.readouterr().out
+
+
+def test_atlas_command_with_a_dataset_and_channel_ranges(photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        (folder / photos[name].name).write_bytes(photos[name].read_bytes())
+    out = tmp_path / "atlas"
+    assert main(["atlas", "--layers", "_blocks.10", "--channels", "0-1", "--steps", "1", "--batch-size", "2",
+                 "--dataset", str(folder), "--examples-k", "2", "--out", str(out), "--no-progress"]) == 0
+    recs = [json.loads(s) for s in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["target"] for r in recs] == ["_blocks.10/0000", "_blocks.10/0001"]
+    assert all(len(r["examples"]) == 2 and (out / r["examples"][0]["file"]).is_file() for r in recs)

@@ -150,6 +150,18 @@ BAD_CALLS += [
     ("class_model transforms", lambda m: fv.class_model(m, [1], steps=1, transforms="big")),
 ]
 
+# Dataset examples: the scan, the crops with the activation overlay, and the save.
+CALLS += [
+    ("dataset_examples", lambda m: fv.dataset_examples(m, torch.rand(6, 3, 32, 32), layer=["features.0", "features.3"],
+                                                       k=2, batch_size=4)),
+    ("dataset_examples crops save", lambda m: fv.dataset_examples(m, X, layer="features.3", k=2).save(
+        tempfile.mkdtemp())),
+]
+BAD_CALLS += [
+    ("dataset_examples layer", lambda m: fv.dataset_examples(m, X, layer="fc")),
+    ("dataset_examples channels", lambda m: fv.dataset_examples(m, X, layer="features.3", channels=[8])),
+]
+
 
 @pytest.mark.parametrize("name,call", CALLS, ids=[c[0] for c in CALLS])
 def test_model_unchanged_after_call(model, snapshot, name, call):

@@ -6,6 +6,8 @@ with `fastviz.render.class_model` / `fastviz.render.feature`, written as
     out/atlas.json                      the settings of the atlas (a rerun must match them)
     out/class/0130_flamingo.png         one PNG per target, named stably
     out/_blocks.10/0005.png
+    out/_blocks.10/0005_e0.png          with `dataset`: the unit's dataset examples (crops, plain
+    out/_blocks.10/0005_e0_act.png      and with its activation), examples.jsonl / examples.json
     out/manifest.jsonl                  one JSON line per target (schema: MANIFEST_SCHEMA)
     out/index.html                      a static gallery (no server, no network)
 
@@ -82,8 +84,8 @@ class AtlasResult:
 def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] | None = None,
           layers: str | Sequence[str] = (), channels: str | Sequence[int] = "all", steps: int = 256,
           seed: int = 0, batch_size: int | None = None, device=None, force: bool = False,
-          progress: ProgressArg = True, timeout: float = 7200.0,
-          **kwargs) -> AtlasResult:
+          progress: ProgressArg = True, timeout: float = 7200.0, dataset=None, examples_k: int = 9,
+          num_workers: int = 0, **kwargs) -> AtlasResult:
     """Render many targets (classes, channels of layers) into a directory: PNGs, manifest, gallery.
 
     Resumes: the same call again skips the targets in the manifest whose PNG exists. Under
@@ -106,6 +108,10 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
             targets (`fastviz.progress`; called on rank 0 from the PNG-writing thread, after each
             batch is on disk).
         timeout: seconds the ranks wait for each other in a collective.
+        dataset: images (a folder, a torch Dataset, a tensor: as `dataset_examples`) whose top
+            `examples_k` images per channel of `layers` go beside each unit's picture, scanned once
+            after the rendering (sharded under torchrun, resumable from `out/examples_state/`)
+            with `num_workers` decoding processes.
         **kwargs: passed to `class_model` / `feature` (reg, lr, jitter, size, backend, ...).
             They are settings: a rerun with other values is refused unless `force`.
 
@@ -135,6 +141,13 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
     checks.progress(progress)
     if not isinstance(out, (str, os.PathLike)):
         raise FastvizError(f"out: expected a directory path, got {type(out).__name__}")
+    if dataset is not None:
+        if not layers:
+            raise FastvizError("dataset: dataset examples are found for the channels of `layers`; give layers")
+        if isinstance(dataset, (str, os.PathLike)) and not Path(dataset).exists():
+            raise FastvizError(f"dataset: no such file or folder {str(dataset)!r}")
+        checks.positive_int(examples_k, "examples_k")
+        checks.int_in(num_workers, "num_workers", 0, 64)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FastvizError(f"out: expected a directory, got the file {str(out)!r}")
@@ -159,7 +172,23 @@ def atlas(model, out: str | os.PathLike, *, classes: str | int | Sequence[int] |
         finally:
             bar.close()
         d.barrier()
+        if dataset is not None:
+            _examples(m, out, dataset, [g for g in groups if g.kind == "channel"], examples_k, num_workers, dev,
+                      force, progress, timeout, d.rank)
         if d.rank == 0:
             finish(out, [n for g in groups for n in g.names])
         d.barrier()
     return AtlasResult(out, total, todo, total - todo, bs, time.perf_counter() - t0, d.world)
+
+
+def _examples(m, out: Path, dataset, groups, k: int, num_workers: int, dev, force: bool, progress, timeout: float,
+              rank: int) -> None:
+    """The channels' dataset examples into the atlas directory (every rank scans its shard; rank 0 saves)."""
+    from ..examples import dataset_examples
+
+    ex = dataset_examples(m, dataset, layer=[g.layer for g in groups], channels=groups[0].indices, k=k,
+                          num_workers=num_workers, device=dev, checkpoint=out / "examples_state", force=force,
+                          progress=progress, timeout=timeout)
+    if rank == 0:
+        for e in ex.values():
+            e.save(out)

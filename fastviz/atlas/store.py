@@ -16,6 +16,7 @@ import torch
 
 from ..errors import FastvizError
 from ..io import atomic_write
+from ..examples.result import EXAMPLES_MANIFEST
 from .gallery import gallery_html
 
 MANIFEST = "manifest.jsonl"
@@ -45,6 +46,8 @@ MANIFEST_SCHEMA = {
         "curve": {"type": "array", "items": {"type": "number"}, "description": "objective per step (sampled)"},
         "curve_steps": {"type": "array", "items": {"type": "integer"}, "description": "the steps of curve"},
         "seconds": {"type": "number", "minimum": 0, "description": "rendering time of the batch / rows"},
+        "examples": {"type": "array", "description": "dataset examples (atlas(dataset=...)), best first",
+                     "items": {"type": "object", "required": ["file", "overlay", "image", "name", "score", "box"]}},
         "versions": {"type": "object", "required": ["fastviz", "torch", "model"],
                      "properties": {"fastviz": {"type": "string"}, "torch": {"type": "string"},
                                     "model": {"type": "object", "required": ["name", "sha1"]}}},
@@ -176,6 +179,10 @@ def batch_records(grp, a: int, b: int, result, *, skip: set[str], seed: int, sec
 def finish(out: Path, order: list[str]) -> None:
     """Rank 0, after every rank is done: merge the parts into manifest.jsonl, write index.html."""
     recs = records(out)
+    # Dataset examples (examples.jsonl, written by atlas(dataset=...)) join their unit's line.
+    for line in read_jsonl(out / EXAMPLES_MANIFEST):
+        if isinstance(line, dict) and line.get("target") in recs and "examples" in line:
+            recs[line["target"]]["examples"] = line["examples"]
     rank = {t: i for i, t in enumerate(order)}
     ordered = sorted(recs.values(), key=lambda r: (rank.get(r["target"], len(rank)), r["target"]))
     write_atomic(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())

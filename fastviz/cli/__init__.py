@@ -13,7 +13,8 @@ import sys
 from ..errors import FastvizError
 
 # Modules that register subcommands, in the order `fastviz --help` lists them.
-FAMILIES = ("attribution", "lrp", "synthesis", "cams", "inspection", "benchmark", "demo", "evaluate", "atlas")
+FAMILIES = ("attribution", "lrp", "synthesis", "cams", "inspection", "benchmark", "demo", "evaluate", "atlas",
+            "examples")
 
 
 def build_parser() -> argparse.ArgumentParser:

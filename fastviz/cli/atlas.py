@@ -13,15 +13,10 @@ from .synthesis import _add_reg_args, _method
 
 
 def _indices(values: list[str] | None, what: str):
-    """'all' or integers (space- or comma-separated) -> 'all' | list[int] | None."""
-    if not values:
-        return None
-    if values == ["all"]:
-        return "all"
-    try:
-        return [int(v) for part in values for v in part.split(",") if v]
-    except ValueError as e:
-        raise FastvizError(f"--{what}: expected 'all' or indices, got {' '.join(values)!r}") from e
+    """'all', integers or ranges like 0-63 (space- or comma-separated) -> 'all' | list[int] | None."""
+    from .examples import parse_indices
+
+    return parse_indices(values, what)
 
 
 def register(sub) -> None:
@@ -30,8 +25,12 @@ def register(sub) -> None:
     p.add_argument("--classes", nargs="+", default=None, metavar="all|N",
                    help="'all' or class indices: one class model each")
     p.add_argument("--layers", nargs="+", default=[], metavar="LAYER", help="layers whose channels to render")
-    p.add_argument("--channels", nargs="+", default=["all"], metavar="all|N",
-                   help="'all' (default) or channel indices, for every --layers")
+    p.add_argument("--channels", nargs="+", default=["all"], metavar="all|N|A-B",
+                   help="'all' (default), channel indices or ranges (0-63), for every --layers")
+    p.add_argument("--dataset", default=None, metavar="FOLDER|demo",
+                   help="images whose top --examples-k per channel go beside each unit (a folder, or 'demo')")
+    p.add_argument("--examples-k", type=int, default=9, help="dataset examples per unit (default 9)")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes for --dataset (default 0)")
     p.add_argument("--out", required=True, help="the atlas directory (rerun the same command to resume)")
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -76,9 +75,14 @@ def run_atlas(args) -> int:
         kw["lr"] = args.lr
     if args.size is not None:
         kw["size"] = args.size
+    examples = {}
+    if args.dataset is not None:
+        from .examples import dataset_arg
+
+        examples = dict(dataset=dataset_arg(args.dataset), examples_k=args.examples_k, num_workers=args.workers)
     r = atlas(model, args.out, classes=classes, layers=args.layers, channels=channels,
                steps=args.steps, seed=args.seed, batch_size=args.batch_size, device=device,
-               force=args.force, progress=not args.no_progress, **kw)
+               force=args.force, progress=not args.no_progress, **kw, **examples)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"atlas: {r.rendered} rendered, {r.skipped} already done, {r.total} in {r.out}/ "
               f"(batch {r.batch_size}, {r.world_size} process{'es' if r.world_size > 1 else ''}, "

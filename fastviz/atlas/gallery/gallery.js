@@ -1,4 +1,5 @@
-// The atlas gallery: grid, filter, the detail view with the objective curve.
+// The atlas gallery: grid, filter, the detail view with the objective curve and the unit's
+// dataset examples; #layer/index (e.g. #_blocks.10/5) opens that unit, any other #text filters.
 // fastviz.atlas.gallery inlines it into index.html after the records (JSON, id="data").
 "use strict";
 const recs = JSON.parse(document.getElementById("data").textContent);
@@ -45,11 +46,41 @@ function show(r) {
   document.getElementById("meta").textContent = "objective " + r.objective.toPrecision(4) +
     ", " + r.settings.steps + " steps, seed " + r.seed + ", " + r.seconds.toFixed(3) + " s";
   document.getElementById("plot").innerHTML = curveSvg(r);
+  showExamples(r);
   document.getElementById("view").classList.add("open");
+  if (r.layer !== null) history.replaceState(null, "", "#" + r.layer + "/" + r.index);
 }
-document.getElementById("view").onclick = () => document.getElementById("view").classList.remove("open");
-document.addEventListener("keydown", e => { if (e.key === "Escape") document.getElementById("view").classList.remove("open"); });
+function showExamples(r) {
+  const box = document.getElementById("examples");
+  box.replaceChildren();
+  if (!r.examples) return;
+  const h = document.createElement("h4");
+  h.textContent = "dataset examples (activation overlaid; hover for the plain crop)";
+  box.append(h);
+  for (const e of r.examples) {
+    const f = document.createElement("figure"), img = document.createElement("img"), c = document.createElement("figcaption");
+    img.src = e.overlay; img.alt = e.name; img.title = e.name;
+    img.onmouseenter = () => { img.src = e.file; };
+    img.onmouseleave = () => { img.src = e.overlay; };
+    c.textContent = e.score.toPrecision(3) + " " + e.name;
+    f.append(img, c);
+    box.append(f);
+  }
+}
+function closeView() {
+  document.getElementById("view").classList.remove("open");
+  history.replaceState(null, "", location.pathname + location.search);
+}
+document.getElementById("view").onclick = closeView;
+document.addEventListener("keydown", e => { if (e.key === "Escape") closeView(); });
 q.oninput = filter; sel.onchange = filter;
+// A unit's stable link: #<layer>/<channel index>.
+function unitOf(hash) {
+  const m = /^(.+)\/(\d+)$/.exec(hash);
+  return m ? recs.find(r => r.layer === m[1] && r.index === Number(m[2])) : undefined;
+}
 const hash = decodeURIComponent(location.hash.slice(1));
-if (hash) q.value = hash;
+const unit = hash ? unitOf(hash) : undefined;
+if (hash && !unit) q.value = hash;
 filter();
+if (unit) show(unit);
