@@ -95,6 +95,7 @@ CALLS = {
     "deepdream": lambda m, x, s: fv.deepdream(m, x, L, octaves=1, steps_per_octave=2, jitter=0),
     "invert": lambda m, x, s: fv.invert(m, x, L, steps=2),
     "lrp": lambda m, x, s: fv.lrp(m, x, 3),
+    "dataset_examples": lambda m, x, s: fv.dataset_examples(m, x, layer=L, k=3, progress=False),
 }
 # Public names of the hygiene list that hold no rows to chunk (the filters are the weights).
 NO_ROWS = {"filters", "filter_grid", "atlas"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import budget
 from ..hooks import session
 from ..models import Model
 
@@ -58,9 +59,14 @@ def receptive_field(m: Model, layer: str, image_hw: tuple[int, int], map_hw: tup
     ys, xs = [min(i, h - 1) for i in range(n)], [min(i, w - 1) for i in range(n)]
     rows, cols = torch.zeros(h, 2, dtype=torch.long), torch.zeros(w, 2, dtype=torch.long)
     gen = torch.Generator().manual_seed(0)
+    # positions per probe batch within the memory budget (the random images are one stream, so
+    # the chunking does not change them)
+    one = torch.zeros(1, m.channels or 3, H, W, device=device)
+    chunk = max(1, budget.rows(m, one, grad=True, total=CHUNK * PROBE_IMAGES, name="data",
+                               what="one image") // PROBE_IMAGES)
     with session(m, no_inplace=True) as s, torch.enable_grad():
-        for a in range(0, n, CHUNK):
-            pos = list(range(a, min(a + CHUNK, n)))
+        for a in range(0, n, chunk):
+            pos = list(range(a, min(a + chunk, n)))
             x = torch.rand(len(pos) * PROBE_IMAGES, m.channels or 3, H, W, generator=gen).to(device)
             x.requires_grad_(True)
             acts, _ = s.forward(x, [layer], stop=True)

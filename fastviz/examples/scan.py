@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import budget
 from ..errors import FastvizError
 from ..hooks import session
 from ..io import atomic_write
@@ -106,6 +107,7 @@ def scan(m: Model, source: Source, layers: list[str], channels: dict[str, list[i
                                     "layers": {name: tops[name].state() for name in layers}})
 
     share = sum(len(r) for r in mine)
+    step = None
     with session(m, no_inplace=True) as s, torch.no_grad(), \
             reporter(progress if d.rank == 0 else None, share, unit="image", desc="examples",
                      initial=sum(len(r) for r in mine[:done])) as rep:
@@ -120,17 +122,21 @@ def scan(m: Model, source: Source, layers: list[str], channels: dict[str, list[i
             read += len(ok) - len(bad)
             x = x.to(dev, torch.float32, non_blocking=True)
             idx_d = idx.to(dev, non_blocking=True)
-            acts, _ = s.forward(x, layers, stop=True)
-            for name in layers:
-                a = acts[name]
-                if a.dim() != 4:
-                    raise FastvizError(f"layer: {name!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
-                if len(channels[name]) != a.shape[1]:
-                    a = a.index_select(1, picks[name])
-                sc, pos = score_map(a, score)
-                if bad:
-                    sc = sc.masked_fill(~ok.to(dev)[:, None], float("-inf"))
-                tops[name].update(sc, idx_d, pos)
+            if step is None:  # rows per forward within the memory budget (fastviz.budget), once
+                step = budget.rows(m, x[:1], grad=False, total=batch_size, name="data", what="one image")
+            keep = ok.to(dev)
+            for c in range(0, len(x), step):  # the batch in chunks that fit: top-k is order-free
+                acts, _ = s.forward(x[c:c + step], layers, stop=True)
+                for name in layers:
+                    a = acts[name]
+                    if a.dim() != 4:
+                        raise FastvizError(f"layer: {name!r} gives shape {tuple(a.shape)}, expected (B, C, h, w)")
+                    if len(channels[name]) != a.shape[1]:
+                        a = a.index_select(1, picks[name])
+                    sc, pos = score_map(a, score)
+                    if bad:
+                        sc = sc.masked_fill(~keep[c:c + step, None], float("-inf"))
+                    tops[name].update(sc, idx_d[c:c + step], pos)
             seen += len(ok)
             rep.update(seen)
             if every_all and (j + 1 - done) % every_all == 0:
