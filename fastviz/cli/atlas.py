@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..atlas import atlas
 from ..errors import FastvizError
 from ..regularizers import Yosinski
-from .common import add_model_args, model_from_args, pick_device
+from .common import add_model_args, model_from_args, rank_device
 from .synthesis import _add_reg_args, _method
 
 
@@ -54,11 +54,7 @@ def run_atlas(args) -> int:
     if classes is None and not args.layers:
         raise FastvizError("give --classes and/or --layers")
     # Under torchrun the rank picks its GPU (LOCAL_RANK); load on the CPU and let atlas move it.
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed and args.device is None:
-        device, args.device = None, "cpu"
-    else:
-        device = pick_device(args.device)
+    device = rank_device(args)
     model = model_from_args(args)
     kw = dict(backend=args.backend) if args.backend != "auto" else {}
     # Only what differs from the calls' defaults is passed, so Python and CLI runs resume each other.

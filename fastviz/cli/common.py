@@ -57,6 +57,18 @@ def pick_device(name: str | None) -> torch.device:
     return dev
 
 
+def rank_device(args) -> torch.device | None:
+    """The device a distributed-aware command runs on. Under torchrun (WORLD_SIZE > 1) without
+    --device: None, and the model loads on the CPU (the call moves it to the rank's GPU,
+    LOCAL_RANK); otherwise --device, or the default."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device is None:
+        args.device = "cpu"
+        return None
+    return pick_device(args.device)
+
+
 def model_from_args(args):
     from ..models import load_model
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import FastvizError
-from .common import add_model_args, model_from_args, pick_device
+from .common import add_model_args, model_from_args, rank_device
 
 
 def parse_indices(values: list[str] | None, what: str):
@@ -73,11 +73,7 @@ def score_arg(text: str):
 def run_examples(args) -> int:
     from ..examples import dataset_examples
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed and args.device is None:
-        device, args.device = None, "cpu"
-    else:
-        device = pick_device(args.device)
+    device = rank_device(args)
     model = model_from_args(args)
     out = Path(args.out)
     ex = dataset_examples(model, dataset_arg(args.data), layer=args.layer,
