@@ -95,14 +95,23 @@ class memory_budget:
         return f"memory_budget({self.nbytes})"
 
 
-def _host_available() -> int:
+def proc_bytes(field: str, path: str = "/proc/self/status") -> int | None:
+    """A "Field:  N kB" line of a /proc file in bytes (VmRSS, VmHWM of this process; MemAvailable
+    of /proc/meminfo); None where there is no such file or line (not Linux)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _host_available() -> int:
+    free = proc_bytes("MemAvailable", "/proc/meminfo")
+    if free is not None:
+        return free
     try:
         import os
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
