@@ -269,7 +269,7 @@ def test_container_rule_reaches_the_layers_inside_it():
 
 
 @pytest.mark.parametrize("given,match", [
-    ({"features.9": rules.ZPlus()}, "no module named 'features.9'"),
+    ({"features.9": rules.ZPlus()}, "rules: no module named 'features.9'"),
     ({"features.1": rules.ZPlus()}, "'features.1' is a BatchNorm folded into 'features.0'"),
     ({"features.2": rules.ZPlus()}, r"ZPlus.* does not apply to 'features.2' \(ReLU"),
     ({"fc": "epsilon"}, r"rules\['fc'\]: expected a rule"),

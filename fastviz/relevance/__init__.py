@@ -165,7 +165,10 @@ def _user_rules(m: Model, given) -> dict[str, Rule]:
         raise FastvizError(f"rules: expected a mapping {{layer name: rule}}, got {type(given).__name__}")
     out = {}
     for name, rule in given.items():
-        m.layer(name)  # an unknown name: the nearest names
+        try:
+            m.layer(name)
+        except FastvizError as e:  # an unknown name: the nearest names, under the argument's name
+            raise FastvizError(f"rules: {str(e).split(': ', 1)[-1]}") from None
         if not isinstance(rule, Rule):
             raise FastvizError(f"rules[{name!r}]: expected a rule from fastviz.relevance.rules "
                                f"(Epsilon, ZPlus, Gamma, AlphaBeta, ZBox, Flat, WSquare, Norm, Pass), "
