@@ -57,10 +57,9 @@ def _grid(m, n_tokens: int, x: torch.Tensor) -> tuple[int, int, int]:
     return prefix, gh, gw
 
 
-def _attentions(m, x, target, with_grad: bool):
-    """Each block's attention (B, heads, N, N), in forward order; with its gradient of the
-    target logit when `with_grad`; and the targets used."""
-    mods = _attention_modules(m)
+def _attentions(m, mods, x, target, with_grad: bool):
+    """Each block's attention (B, heads, N, N), in forward order (`mods`: the attention
+    modules); with its gradient of the target logit when `with_grad`; and the targets used."""
     probs: list[torch.Tensor] = []
     with session(m, unfused_attention=True) as s:
         for mod in mods:
@@ -106,10 +105,10 @@ def attention_rollout(model, x, *, residual: float = 0.5) -> torch.Tensor:
 
     residual = checks.number(residual, "residual", 0, 1)
     m, x = prepare(model, x)
-    _attention_modules(m)
+    mods = _attention_modules(m)
 
     def rows(xs, _):
-        probs, _, _ = _attentions(m, xs, None, with_grad=False)
+        probs, _, _ = _attentions(m, mods, xs, None, with_grad=False)
         eye = torch.eye(probs[0].shape[-1], device=xs.device, dtype=probs[0].dtype)
         rollout = eye.expand(xs.shape[0], -1, -1)
         for a in probs:
@@ -117,7 +116,7 @@ def attention_rollout(model, x, *, residual: float = 0.5) -> torch.Tensor:
             a = a / a.sum(-1, keepdim=True)
             rollout = a @ rollout
         return _to_map(m, rollout[:, 0], xs)
-    return budget.by_rows(rows, x, None, _step(m, x, grad=False))
+    return budget.by_rows(rows, x, None, _step(m, mods, x, grad=False))
 
 
 def transformer_attribution(model, x, target=None) -> torch.Tensor:
@@ -135,22 +134,21 @@ def transformer_attribution(model, x, target=None) -> torch.Tensor:
     """
     m, x = prepare(model, x)
     check_class_target(m, x, target, "transformer_attribution")
-    _attention_modules(m)
+    mods = _attention_modules(m)
 
     def rows(xs, ts):
-        probs, grads, _ = _attentions(m, xs, ts, with_grad=True)
+        probs, grads, _ = _attentions(m, mods, xs, ts, with_grad=True)
         n = probs[0].shape[-1]
         r = torch.eye(n, device=xs.device, dtype=probs[0].dtype).expand(xs.shape[0], -1, -1)
         for a, g in zip(probs, grads):
             cam = (g * a).clamp(min=0).mean(1)
             r = r + cam @ r
         return _to_map(m, r[:, 0], xs)
-    return budget.by_rows(rows, x, target, _step(m, x, grad=True))
+    return budget.by_rows(rows, x, target, _step(m, mods, x, grad=True))
 
 
-def _step(m, x, grad: bool) -> int:
+def _step(m, mods, x, grad: bool) -> int:
     """Rows per forward within the memory budget, the maps and each row's attention included."""
-    mods = _attention_modules(m)
     kept = x.shape[0] * x.shape[-2] * x.shape[-1] * 4
     budget.check_output(kept, x.device, "x", f"{x.shape[0]} maps of {tuple(x.shape[-2:])}")
     patch = getattr(getattr(m.module, "patch_embed", None), "patch_size", None) or (16, 16)

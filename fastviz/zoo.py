@@ -37,7 +37,7 @@ def from_timm(net: nn.Module, name: str | None = None):
         name: a short name for messages and files (default: the cfg's architecture).
 
     Returns:
-        `Model` (the network is put in eval mode, as `load_model` does).
+        `Model` (the network is used as it is: every call runs it in eval mode and restores it).
     """
     from .models import Model, imagenet_labels
 
@@ -50,7 +50,6 @@ def from_timm(net: nn.Module, name: str | None = None):
     size = cfg.get("input_size") or (3, 224, 224)
     classes = getattr(net, "num_classes", cfg.get("num_classes"))
     labels = imagenet_labels() if classes == 1000 else None
-    net.eval()
     return Model(net, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                  std=tuple(cfg.get("std", (0.229, 0.224, 0.225))), input_size=tuple(size[-2:]),
                  labels=labels, name=name or cfg.get("architecture") or type(net).__name__)
@@ -69,17 +68,9 @@ def load_timm(name: str, weights):
         raise FastvizError(f"name: timm has no model {name!r}{hint}")
     net = timm.create_model(name, pretrained=False)
     if weights is not None:
-        state = read_weights(weights)
-        missing, unexpected = _mismatch(net, state)
-        if missing or unexpected:
-            example = ", ".join((missing or unexpected)[:3])
-            raise FastvizError(f"weights: this file is for a different network than timm:{name}: "
-                               f"{len(missing)} missing keys, {len(unexpected)} unexpected (e.g. {example})")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:  # same keys, other shapes
-            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise FastvizError(f"weights: this file does not fit timm:{name}: {first}") from None
+        from .models import _load_into
+        _load_into(net, read_weights(weights))  # another network's file: what does not fit
+    net.eval()
     return from_timm(net, name)
 
 
@@ -98,12 +89,6 @@ def read_weights(path) -> dict:
             raise FastvizError(f"weights: could not read {str(p)!r} as safetensors ({e})") from None
     from .models import _load_state_dict
     return _load_state_dict(p)
-
-
-def _mismatch(net: nn.Module, state: dict) -> tuple[list[str], list[str]]:
-    want = set(net.state_dict())
-    have = set(state)
-    return sorted(want - have), sorted(have - want)
 
 
 __all__ = ["PREFIX", "from_timm", "load_timm", "read_weights"]

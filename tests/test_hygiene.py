@@ -133,6 +133,8 @@ BAD_CALLS += [
     ("lrp composite", lambda m: fv.lrp(m, X, composite="epsilon_plus_box")),
     ("lrp rule name", lambda m: fv.lrp(m, X, rules={"features.9": fv.rules.ZPlus()})),
     ("lrp rule kind", lambda m: fv.lrp(m, X, rules={"features.2": fv.rules.ZPlus()})),
+    ("attention_rollout cnn", lambda m: fv.attention_rollout(m, X)),  # no attention to read
+    ("transformer_attribution cnn", lambda m: fv.transformer_attribution(m, X, 1)),
 ]
 
 # Parameterisations, transforms and diversity.

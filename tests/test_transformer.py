@@ -105,3 +105,31 @@ def test_bad_arguments(model):
         fv.attention_rollout(model, X[:1], residual=2.0)
     with pytest.raises(fv.FastvizError, match="target"):
         fv.transformer_attribution(model, X[:1], 10)
+
+
+def test_an_error_inside_the_forward_leaves_the_model_as_it_was(model):
+    """Even a failure after the fused flags were switched off puts them back."""
+    def boom(mod, inputs, out):
+        raise RuntimeError("boom")
+    h = model.module.blocks[3].attn.attn_drop.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            fv.transformer_attribution(model, X[:1], 1)
+    finally:
+        h.remove()
+    assert all(m.fused_attn for m in model.module.modules() if hasattr(m, "fused_attn"))
+    assert not any(m._forward_hooks for m in model.module.modules())
+    assert not any(p.grad is not None for p in model.module.parameters())
+
+
+def test_chunks_under_a_small_budget_equal_one_batch(model):
+    from fastviz import budget
+
+    x = X[:2]
+    whole = fv.transformer_attribution(model, x, [1, 2]), fv.attention_rollout(model, x)
+    one_row = int(budget.profile(model, x).row(True) * 1.6) + 2 ** 22
+    with fv.memory_budget(one_row):
+        assert budget.rows(model, x, grad=True, total=2) == 1
+        parts = fv.transformer_attribution(model, x, [1, 2]), fv.attention_rollout(model, x)
+    for a, b in zip(parts, whole):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

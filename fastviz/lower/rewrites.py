@@ -86,8 +86,9 @@ def rewrite_convs(net: nn.Module, report: LowerReport, matmul: bool) -> None:
 
 
 def replace_module(net: nn.Module, target: nn.Module, new: nn.Module) -> None:
-    """Put `new` in every place `target` is registered (a module may be registered under two names)."""
-    for _, parent in net.named_modules(remove_duplicate=False):
-        for k, child in list(parent._modules.items()):
-            if child is target:
-                parent._modules[k] = new
+    """Put `new` in every place `target` is registered (a module may be registered under two
+    names). The places are found first, so `new` may hold `target` inside it."""
+    places = [(parent, k) for _, parent in net.named_modules(remove_duplicate=False)
+              for k, child in parent._modules.items() if child is target]
+    for parent, k in places:
+        parent._modules[k] = new

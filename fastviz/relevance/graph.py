@@ -372,7 +372,7 @@ class _Builder:
         op = self.installed.get(id(m))
         if op is None:
             op = RuleOp(m, rule, layer, nonneg=nonneg, name=node.target)
-            _swap(self.gm, m, op)
+            replace_module(self.gm, m, op)
             self.installed[id(m)] = op
             self.result.rules[node.target] = repr(rule)
         else:
@@ -510,14 +510,6 @@ def build(net: nn.Module, x: torch.Tensor, assign) -> RelevanceNet:
     gm.graph.lint()
     gm.recompile()
     return result
-
-
-def _swap(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    """Put `new` in every place `old` is registered (found first: `new` holds `old` inside)."""
-    places = [(parent, k) for _, parent in root.named_modules(remove_duplicate=False)
-              for k, child in parent._modules.items() if child is old]
-    for parent, k in places:
-        parent._modules[k] = new
 
 
 def _call(target):
