@@ -102,12 +102,12 @@ def lrp(model, x, target=None, *, composite: str = "epsilon_plus_flat",
     spec = Composite(composite, epsilon, gamma, stabilizer, _normalised(m, low, x.shape[1]),
                      _normalised(m, high, x.shape[1]))
     user = {name: _in_network_units(m, rule, x.shape[1]) for name, rule in user.items()}
-    net = _relevance_net(m, x, spec, user)
     n, kept = x.shape[0], x.numel() * x.element_size()
     budget.check_output(kept, x.device, "x", f"{n} relevance maps of {tuple(x.shape[1:])}")
     # Each rule keeps its layer's input and output for the backward: about twice what a
     # gradient keeps, so half the rows of a gradient's chunk (fastviz.budget).
     step = max(1, budget.rows(m, x, grad=True, total=n, fixed=kept) // 2)
+    net = _relevance_net(m, x, spec, user)  # after the budget's refusals: the copy costs memory
     parts = [_explain(m, net, x[i:i + step], budget.row_slice(target, i, i + step))
              for i in range(0, n, step)]
     rel, score, used = (torch.cat(t) for t in zip(*parts))
