@@ -1,11 +1,9 @@
 """The relevance network: a canonical copy of the user's network whose backward is LRP.
 
 Built once per (network weights, device, dtype, rules) and cached on the `Model`:
-1. a deep copy in eval mode, parameters frozen, every `inplace` off;
-2. canonized: each BatchNorm that only ever sees one conv's output is folded into that conv
-   exactly (`fastviz.lower.fold_batchnorm`; zennit's MergeBatchNorm, but the pairs come from
-   the traced forward, not from the order the modules were registered in);
-3. traced with torch.fx, keeping convs, dense layers, BatchNorms, pools and activations as
+1. the canonical copy (`canonical.py`: frozen, eval, BatchNorm folded exactly where the traced
+   forward pairs it with a conv, convs rewritten for speed);
+2. traced with torch.fx, keeping convs, dense layers, BatchNorms, pools and activations as
    leaves; every node that computes on a tensor gets what the composite (or the user's rule
    for that layer name) says:
    - convs and dense layers: their rule (Epsilon, ZPlus, Gamma, ...);
@@ -18,13 +16,12 @@ Built once per (network weights, device, dtype, rules) and cached on the `Model`
      relevance without changing it (a max pool gives it to the maximum: winner takes all);
    - anything else is refused before anything runs, naming the node, its operation and the
      module it sits in. Nothing falls back to the plain gradient silently.
-Each rule runs in the backward of a small autograd Function around the node, so the whole
-explanation is one forward and one backward of the copy.
+Each rule runs in the backward of a small autograd Function around the node (`ops.py`), so the
+whole explanation is one forward and one backward of the copy.
 """
 
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass, field
 
@@ -36,10 +33,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import FastvizError
-from ..lower.fold import fold_batchnorm, unfoldable
-from ..lower.pairs import pairs_fx
-from ..lower.rewrites import plain_conv, replace_module
-from .rules import AFFINE, ELEMENTWISE, LINEAR, Affine, LinearMap, Norm, Pass, Rule, stabilize
+from ..lower.rewrites import replace_module
+from .canonical import PointwiseConv, canonical_copy
+from .ops import GateOp, RuleOp, SumOp
+from .rules import AFFINE, ELEMENTWISE, LINEAR, Affine, LinearMap, Pass, Rule
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
                nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus)
@@ -77,150 +74,6 @@ _MOVER_FUNCS = {torch.flatten, torch.cat, torch.concat, torch.stack, torch.resha
 
 _TRANSFORMER_OPS = {"layer_norm", "softmax", "scaled_dot_product_attention", "matmul", "bmm", "baddbmm",
                     "einsum", "group_norm", "_assert"}
-
-
-class _RuleFunction(torch.autograd.Function):
-    """Forward: the op as it is. Backward: the op's rule applied to the incoming relevance.
-
-    A rule that needs only the op's own vector-Jacobian product (Epsilon, Norm) keeps the
-    forward's graph for it instead of running the op again in the backward."""
-
-    @staticmethod
-    def forward(ctx, x, op, args, kwargs):
-        args = list(args)
-        ctx.graph = None
-        if op.rule.reuses(op.nonneg):
-            with torch.enable_grad():
-                xi = x.detach().requires_grad_(True)
-                args[op.pos] = xi
-                zg = op.fn(*args, **kwargs)
-            ctx.graph = (xi, zg)
-            z = zg.detach()
-        else:
-            args[op.pos] = x
-            z = op.fn(*args, **kwargs)
-            if z is x:
-                z = z.clone()
-        ctx.op, ctx.args, ctx.kwargs = op, args, kwargs
-        if op.keeps:
-            ctx.save_for_backward(x, z)
-        return z
-
-    @staticmethod
-    def backward(ctx, r):
-        op = ctx.op
-        x, z = ctx.saved_tensors if op.keeps else (None, None)
-        layer = op.layer if op.layer is not None else op.linear_map(ctx.args, ctx.kwargs)
-        if ctx.graph is not None:
-            layer = Recorded(layer, *ctx.graph)
-        out = op.rule.relevance(layer, x, z, r, op.nonneg)
-        ctx.graph = None
-        return out, None, None, None
-
-
-class Recorded:
-    """A layer whose vector-Jacobian product with its own weights comes from the recorded
-    forward graph (one backward through it, no second forward)."""
-
-    def __init__(self, layer, xi: torch.Tensor, z: torch.Tensor):
-        self.layer, self.xi, self.z = layer, xi, z
-        self.weight, self.bias = layer.weight, layer.bias
-
-    def __getattr__(self, name):  # f, param, bias_like, ...: the layer's
-        return getattr(self.layer, name)
-
-    def vjp(self, x, weight, s):
-        if weight is not self.layer.weight:
-            return self.layer.vjp(x, weight, s)
-        (g,) = torch.autograd.grad(self.z, self.xi, s)
-        return g
-
-
-class RuleOp(nn.Module):
-    """One node of the relevance network: `fn(*args)` forward, `rule` backward to args[pos]."""
-
-    def __init__(self, fn, rule: Rule, layer=None, nonneg: bool = False, name: str = "", pos: int = 0):
-        super().__init__()
-        self.fn, self.rule, self.layer, self.nonneg, self.name, self.pos = fn, rule, layer, nonneg, name, pos
-        self.keeps = not isinstance(rule, Pass)
-        if isinstance(fn, nn.Module):
-            self.inner = fn  # registered, so that .to() and state_dict see the layer
-
-    def linear_map(self, args, kwargs) -> LinearMap:
-        """The op as a linear map of its tensor argument, the other arguments fixed (pools)."""
-        def f(t):
-            a = list(args)
-            a[self.pos] = t
-            return self.fn(*a, **kwargs)
-        return LinearMap(f)
-
-    def forward(self, *args, **kwargs):
-        x = args[self.pos]
-        if not x.requires_grad:
-            return self.fn(*args, **kwargs)
-        return _RuleFunction.apply(x, self, args, kwargs)
-
-    def extra_repr(self) -> str:
-        return f"{self.name}: {self.rule}"
-
-
-class _SumFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, eps):
-        z = a + b
-        ctx.save_for_backward(a, b, z)
-        ctx.eps = eps
-        return z
-
-    @staticmethod
-    def backward(ctx, r):
-        a, b, z = ctx.saved_tensors
-        s = r / stabilize(z, ctx.eps)
-        ra, rb = a * s, b * s
-        return ra.sum_to_size(a.shape), rb.sum_to_size(b.shape), None
-
-
-class SumOp(nn.Module):
-    """a + b, relevance split in proportion to each branch's share (Norm)."""
-
-    def __init__(self, rule: Norm, name: str = ""):
-        super().__init__()
-        self.rule, self.name = rule, name
-
-    def forward(self, a, b):
-        return _SumFunction.apply(a, b, self.rule.stabilizer)
-
-    def extra_repr(self) -> str:
-        return f"{self.name}: {self.rule} (sum of branches)"
-
-
-class _GateFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, gate):
-        ctx.gate_shape = gate.shape
-        ctx.gate_meta = (gate.dtype, gate.device)
-        return x * gate
-
-    @staticmethod
-    def backward(ctx, r):
-        dtype, device = ctx.gate_meta
-        return r, torch.zeros(ctx.gate_shape, dtype=dtype, device=device)
-
-
-class GateOp(nn.Module):
-    """x * gate: the gated branch keeps all the relevance, the gate none (Arras et al. 2017)."""
-
-    def __init__(self, gate_first: bool, name: str = ""):
-        super().__init__()
-        self.gate_first, self.name = gate_first, name
-
-    def forward(self, a, b):
-        x, gate = (b, a) if self.gate_first else (a, b)
-        out = _GateFunction.apply(x, gate)
-        return out
-
-    def extra_repr(self) -> str:
-        return f"{self.name}: gate"
 
 
 def _method(name):
@@ -261,65 +114,6 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (isinstance(m, (_ConvNd, PointwiseConv, nn.Linear, _BatchNorm) + ACTIVATIONS + AVG_POOLS + MOVERS)
                 or super().is_leaf_module(m, qualname))
-
-
-class PointwiseConv(nn.Module):
-    """A 1x1, stride-1, ungrouped conv as one matmul over the channels_last (NHWC) view: the
-    lowering's measured rewrite (`fastviz.lower.fused.Pointwise`: PyTorch sends such convs at
-    small batches to an im2col path that copies and zero-fills), without its fused backward,
-    since the rules call this forward with other weights."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].contiguous(), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
-
-
-def _pointwise(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
-
-
-def _rewrite_convs(net: nn.Module) -> None:
-    """Each conv's zero-padding module folded into its own padding, and 1x1 convs as matmuls
-    (`fastviz.lower.rewrites.plain_conv`, checked there). Exact for every rule: a kernel grown
-    by a zero tap meets only padding, which holds no input and gets no relevance."""
-    for _, conv in list(net.named_modules()):
-        if not isinstance(conv, nn.Conv2d):
-            continue
-        plain = plain_conv(conv)
-        if plain is None:
-            continue
-        new = PointwiseConv(plain) if _pointwise(plain) else plain
-        if new is not conv:
-            replace_module(net, conv, new)
-
-
-def canonical_copy(net: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
-    """A frozen eval deep copy with `inplace` off, every foldable conv -> BN pair folded and the
-    convs rewritten for speed (`_rewrite_convs`)."""
-    new = copy.deepcopy(net)
-    new.eval()
-    for p in new.parameters():
-        p.requires_grad_(False)
-    for m in new.modules():
-        if getattr(m, "inplace", False) is True:
-            m.inplace = False
-    modules = dict(new.named_modules())
-    folded = []
-    for c in pairs_fx(new):
-        if c.conv is None or c.reason or unfoldable(modules[c.conv], modules[c.bn]):
-            continue
-        fold_batchnorm(modules[c.conv], modules[c.bn])
-        replace_module(new, modules[c.bn], nn.Identity())
-        folded.append((c.conv, c.bn))
-    _rewrite_convs(new)
-    new.to(memory_format=torch.channels_last)  # 4-D weights; the input goes channels_last too
-    return new, folded
 
 
 def _where(node: torch.fx.Node) -> str:
