@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import FastvizError
 from ..hooks import session
+from ..image import save_image
 from ..io import atomic_write
 from ..models import Model
 from .source import Source
@@ -157,8 +158,6 @@ class Examples:
         Returns:
             The path of examples.jsonl.
         """
-        from PIL import Image
-
         if not isinstance(out, (str, os.PathLike)):
             raise FastvizError(f"out: expected a directory path, got {type(out).__name__}")
         out = Path(out)
@@ -182,9 +181,7 @@ class Examples:
                 wins = self.windows(c).tolist() * 2
                 files = [e[key] for key in ("file", "overlay") for e in by_target[unit_name(self.layer, c, self.indices.shape[0])]["examples"]]
                 for img, (t, l, b, r), name in zip(both, wins, files):
-                    arr = (img[:, t:b, l:r].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-                    with atomic_write(out / name) as tmp:
-                        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
+                    save_image(img[:, t:b, l:r], out / name)  # whole or not at all
         # Other layers' lines in the folder stay (one folder can hold the examples of several layers).
         kept = [r for r in _read_jsonl(out / EXAMPLES_MANIFEST) if r.get("layer") != self.layer]
         with atomic_write(out / EXAMPLES_MANIFEST, fsync=True) as tmp:
