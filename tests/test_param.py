@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import fastviz as fv
-from fastviz.param import FFT, Maco, Pixel, color_matrix, make_param, photo_magnitude, spectral_slope
+from fastviz.param import FFT, Maco, Pixel, color_matrix, make_param, photo_magnitude
+from fastviz.picture_stats import spectral_slope
 from fastviz.regularizers import NONE
 
 SIZE = (48, 64)
@@ -59,7 +60,7 @@ def test_maco_optimises_the_phase_only():
         p.leaf.add_(torch.randn_like(p.leaf))
         img = p.image()
     t = torch.logit(img.clamp(1e-6, 1 - 1e-6))
-    t = torch.einsum("bchw,dc->bdhw", t, torch.linalg.inv(color_matrix()))
+    t = torch.einsum("bchw,dc->bdhw", t, torch.linalg.inv(color_matrix())) / p.gain
     mag = torch.fft.rfft2(t).abs()[..., 1:-1]  # columns 0 and W/2 are folded by irfft
     ratio = mag / photo_magnitude(SIZE)[None, ..., 1:-1]
     assert float((ratio / ratio.mean((1, 2, 3), keepdim=True) - 1).abs().max()) < 0.02

@@ -13,6 +13,7 @@ import fastviz as fv
 from fastviz.hooks import session
 from fastviz.regularizers import NONE
 from fastviz.param import make_param
+from fastviz.picture_stats import spectral_slope
 from tiny_net import tiny
 
 CLASSES = [1, 130, 285, 980]  # goldfish, flamingo, Egyptian cat, volcano
@@ -208,7 +209,7 @@ def test_default_class_model_is_maco_with_four_views(lite0):
     assert r.info["param"] == "maco" and r.info["views"] == 4
     assert r.images.shape == (2, 3, 224, 224) and 0 <= float(r.images.min()) and float(r.images.max()) <= 1
     assert bool((r.history[-1] > r.history[0] + 2).all()), r.history[[0, -1]]
-    slope = fv.param.spectral_slope(r.images)
+    slope = spectral_slope(r.images)
     assert bool(((slope < -2.3) & (slope > -3.3)).all()), slope  # a photo's spectrum, not pixel noise
 
 
