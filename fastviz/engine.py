@@ -80,7 +80,7 @@ class Loop:
     def __init__(self, sess, objective: Objective, param: Param, settings: Settings, history_steps: int):
         self.sess, self.param, self.settings = sess, param, settings
         device = param.leaf.device
-        self.views = Views(settings.jitter, settings.transforms, settings.seed, device)
+        self.views = Views(settings.jitter, settings.transforms, settings.seed, device, settings.view_size)
         # One objective row per network row: each image's targets repeated over its views.
         self.objective = objective
         self.view_objective = objective.repeat(self.views.count) if self.views.count > 1 else objective
@@ -116,7 +116,7 @@ class Loop:
     def check(self) -> None:
         """One forward to validate the objective's indices against real shapes (host side, once)."""
         with torch.no_grad():
-            self.objective.check(self.activations(self.image()))
+            self.objective.check(self.activations(self.views.fit(self.image())))
 
     def step(self, blur: bool) -> None:
         s, leaf = self.settings, self.param.leaf
@@ -214,7 +214,8 @@ def run(model: Model, objective: Objective, param: Param, settings: Settings, *,
 
     t0 = time.perf_counter()
     # The one place the loop's network is chosen: the user's, or its lowered copy.
-    net = lowered(model, param.image().detach(), keep=objective.layers - {LOGITS}) if s.lower else model
+    example = Views(0, None, 0, device, s.view_size).fit(param.image().detach())  # what the network sees
+    net = lowered(model, example, keep=objective.layers - {LOGITS}) if s.lower else model
     with session(net) as sess:
         # The history also holds the graph's warm-up steps (overwritten after the reset).
         loop = Loop(sess, objective.to(device), param, s, max(s.steps, warmup * period))

@@ -115,6 +115,10 @@ def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="ze
     if batch * c * h * w > checks.MAX_ELEMENTS:
         raise FastvizError(f"{batch_name}: {batch} images of {c}x{h}x{w} are more than "
                            f"a batch holds (2**31 values); lower batch_size or size")
+    if loop.get("transforms") is not None and m.input_size and (h, w) != tuple(m.input_size):
+        # A canvas other than the network's input (MACO's larger pictures to print): the random
+        # crops are resampled to the input, the size the network was trained at.
+        loop.setdefault("view_size", tuple(m.input_size))
     settings = loop_settings(batch, steps, param=param, seed=seed, **loop)
     fitting = _fitting(m, batch, (c, h, w), settings, device, image_name)
     if fitting < batch:
@@ -127,9 +131,10 @@ def _fitting(m: Model, batch: int, shape, settings: Settings, device, name: str)
     """Rows of a synthesis batch that fit the memory budget (`fastviz.budget`): each row is
     `crops` network rows forward + backward, plus its parameterisation, optimiser state, views
     and gradient (about 8 images)."""
-    like = torch.zeros(1, shape[0], 1, 1, device=m.device).expand(1, *shape)  # no pixels allocated
+    seen = (shape[0], *settings.view_size) if settings.view_size is not None else shape
+    like = torch.zeros(1, shape[0], 1, 1, device=m.device).expand(1, *seen)  # no pixels allocated
     crops = settings.transforms.crops if settings.transforms is not None else 1
-    one = like.numel() * like.element_size()
+    one = shape[0] * shape[1] * shape[2] * like.element_size()  # one picture
     prof = budget.profile(m, like, name)
     if prof is None:
         return batch
@@ -246,6 +251,9 @@ def class_model(model, classes: int | Sequence[int], *, steps: int = 256, seed: 
         diversity_layer: its layer (default: the middle `_blocks.N` of an EfficientNet).
         **loop: size, init, and the loop's settings (`fastviz.settings.Settings`): jitter,
             backend ("auto" | "eager" | "graph"), impl, amp, lower, snapshot_every, progress_every.
+            `size=448` renders a picture to print: the network sees random crops of it resized
+            to its input (`view_size`, as the MACO paper does), so the detail is drawn at the
+            scale the network knows.
 
     Returns:
         Render: images (N, 3, H, W) in [0, 1], history (steps, N) of class scores.

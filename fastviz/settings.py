@@ -32,6 +32,8 @@ class Settings:
         reg: the Yosinski regularizer step (pixels only; `NONE` for none).
         jitter: random integer roll of up to this many pixels per step and row.
         transforms: random per-row views (k crops = k network rows per image), or None.
+        view_size: (h, w) the transforms resample each view to (None: the picture's size).
+            A picture larger than the network's input is seen in crops at the input's size.
         backend: "auto" (graph on CUDA, eager elsewhere), "eager" or "graph".
         impl: regularizer implementation, "auto" | "triton" | "torch".
         amp: bf16 autocast for the network (the image stays fp32).
@@ -49,6 +51,7 @@ class Settings:
     reg: Yosinski = NONE
     jitter: int = 0
     transforms: Transforms | None = None
+    view_size: tuple[int, int] | None = None
     backend: str = "auto"
     impl: str = "auto"
     amp: bool = False
@@ -95,6 +98,11 @@ def loop_settings(rows: int, steps, *, param: str = "pixel", **loop) -> Settings
                            f"got {s.reg!r} with param={param!r} (use reg=None)")
     if s.transforms is not None and not isinstance(s.transforms, Transforms):
         raise FastvizError(f"transforms: expected fastviz.Transforms or None, got {type(s.transforms).__name__}")
+    if s.view_size is not None:
+        if s.transforms is None:
+            raise FastvizError(f"view_size: the views are resampled by the transforms, and there are "
+                               f"none (transforms=None); got view_size={s.view_size!r}")
+        s = s.replace(view_size=checks.size2(s.view_size, "view_size", low=8))
     checks.choice(s.optimizer, "optimizer", OPTIMIZERS)
     checks.number(s.lr, "lr", 0, 1e6, low_open=True)
     checks.number(s.l2, "l2", 0, 1e6)

@@ -189,10 +189,13 @@ class Views:
         transforms: a `Transforms` or None.
         seed: the generator's seed; `reset()` goes back to it.
         device: where the generator lives.
+        out: (h, w) the transforms resample each view to (None: the image's size; needs
+            transforms).
     """
 
-    def __init__(self, jitter: int, transforms: Transforms | None, seed: int, device):
-        self.jitter, self.transforms, self.seed = jitter, transforms, seed
+    def __init__(self, jitter: int, transforms: Transforms | None, seed: int, device,
+                 out: tuple[int, int] | None = None):
+        self.jitter, self.transforms, self.seed, self.out = jitter, transforms, seed, out
         self.count = transforms.crops if transforms is not None else 1
         self.generator = None
         if jitter or transforms is not None:
@@ -210,8 +213,15 @@ class Views:
                                   generator=self.generator)
             img = roll_rows(img, shift[0], shift[1])
         if self.transforms is not None:
-            img = self.transforms(img, self.generator)
+            img = self.transforms(img, self.generator, self.out)
         return img
+
+    def fit(self, img: Tensor) -> Tensor:
+        """(B, C, H, W) -> the whole image at the views' size, no randomness (for checks and
+        tracing: the shape the network will see)."""
+        if self.out is None or tuple(img.shape[-2:]) == tuple(self.out):
+            return img
+        return F.interpolate(img, size=self.out, mode="bilinear", antialias=True, align_corners=False)
 
     def mean(self, score: Tensor) -> Tensor:
         """(B * count,) per-view scores -> (B,) per-image means."""

@@ -50,6 +50,9 @@ def test_synthesis_method_flags(tmp_path, capsys):
                  "--steps", "1", "--out", str(out)]) == 0
     assert (out / "grid.png").is_file()
     assert main(["class", "130", "--param", "pixel", "--decay", "0.01", "--steps", "1", "--out", str(out)]) == 0
+    assert main(["class", "130", "--size", "320", "--steps", "1", "--out", str(tmp_path / "big")]) == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "big" / "0130_flamingo.png").size == (320, 320)
     assert main(["class", "130", "--decay", "0.01", "--steps", "1"]) == 2  # maco has no Yosinski step
     assert "reg: the Yosinski regularizer applies to param='pixel' only" in capsys.readouterr().err
 

@@ -73,6 +73,39 @@ def test_views_repeat_each_images_objective_over_its_crops():
     assert seen[-1] == 6 and r.history.shape == (2, 2)
 
 
+class FixedSize(torch.nn.Module):
+    """A network that takes its input size only (as a ViT with a fixed patch grid)."""
+
+    def __init__(self, net, side: int):
+        super().__init__()
+        self.net, self.side = net, side
+
+    def forward(self, x):
+        if tuple(x.shape[-2:]) != (self.side, self.side):
+            raise ValueError(f"input must be {self.side}x{self.side}, got {tuple(x.shape[-2:])}")
+        return self.net(x)
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_a_picture_larger_than_the_input_is_seen_in_crops_of_the_input(lower):
+    """class_model(size=64) on a 32-pixel network: a 64 x 64 picture whose crops are resampled
+    to 32 x 32 (MACO's pictures to print); the network never sees another size."""
+    t = tiny()
+    m = fv.Model(FixedSize(t.module, 32), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32)
+    r = fv.class_model(m, [1, 2], size=64, steps=3, lower=lower)
+    assert r.images.shape == (2, 3, 64, 64) and bool(torch.isfinite(r.images).all())
+    assert bool((r.history[-1] > r.history[0]).all())
+    with pytest.raises(ValueError, match="input must be 32x32"):  # without views it sees 64 x 64
+        fv.class_model(m, [1], size=64, steps=1, transforms=None, lower=False)
+
+
+def test_view_size_needs_transforms():
+    with pytest.raises(fv.FastvizError, match="view_size: the views are resampled by the transforms"):
+        fv.class_model(tiny(), [1], steps=1, transforms=None, view_size=32)
+    with pytest.raises(fv.FastvizError, match="view_size"):
+        fv.class_model(tiny(), [1], steps=1, view_size=(0, 3))
+
+
 def test_progress_and_snapshots_at_read_back_points():
     calls = []
     r = engine.run(tiny(), ClassScore([1]), make_param("fft", 1, (32, 32)),

@@ -17,6 +17,9 @@ def _add_loop_args(p, steps: int = 256) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "eager", "graph"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network")
+    p.add_argument("--size", type=int, default=None,
+                   help="side of the picture in pixels (default: the network's input); a larger "
+                        "picture, to print, is seen by the network in random crops resized to its input")
 
 
 REG_FIELDS = ("decay", "blur_every", "blur_sigma", "norm_percentile", "contribution_percentile")
@@ -90,6 +93,8 @@ def register(sub) -> None:
 
 def _loop_kwargs(args) -> dict:
     kw = dict(steps=args.steps, seed=args.seed, batch_size=args.batch_size, backend=args.backend, amp=args.amp)
+    if args.size is not None:
+        kw["size"] = args.size
     if args.lr is not None:
         kw["lr"] = args.lr
     return kw
