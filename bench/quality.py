@@ -8,12 +8,21 @@ per image-step against the floor (one forward + backward to the input of the sam
 network rows, parameters frozen, measured in the same process just before). Writes
 out/quality/results.json, out/quality/<setting>.pt and the side-by-side grid docs/img/quality_grid.jpg.
 
-Settings: pixel (the classic pixel + Yosinski), fft, maco (the default), and lucent: the peer's
-`render_vis` with its defaults (FFT image with decorrelated colour, standard transforms, Adam
-lr 0.05, parameters left as lucent leaves them) on the same network and classes, all rows in one
-batch. Asking for lucent re-runs the script in `.venv-peers` (bench/peers.py makes it). A name
-may carry its own step count, `maco@64`: with `--settings maco@64,maco@128,lucent` the table
-gives the wall time fastviz needs to reach lucent's quality, beside lucent's.
+Settings: pixel (the classic pixel + Yosinski), fft, maco (the default), maco-2026-11 (the
+default before issue 27: the magnitude spectrum of unwindowed photo crops, whose border cross
+drew stripes, and no contrast gain; rebuilt here by `maco_spectrum.magnitude(..., periodic=False)`
+from the 3 crop scales it used), maco-448 (the default on a 448 x 448 canvas, crops resized to
+224: a picture to print; judged after resizing), and lucent: the peer's `render_vis` with its
+defaults (FFT image with decorrelated colour, standard transforms, Adam lr 0.05, parameters left
+as lucent leaves them) on the same network and classes, all rows in one batch. Asking for lucent
+re-runs the script in `.venv-peers` (bench/peers.py makes it). A name may carry its own step
+count, `maco@64`.
+
+`--every K` also judges the pictures every K steps (fastviz: `snapshot_every`; lucent: its
+`thresholds`): the loop has no schedule tied to the number of steps (constant lr), so the
+snapshot at step k is the picture a k-step run gives, and one run gives the time-to-quality
+curve. Each result also carries the picture statistics of `fastviz.picture_stats` (stripes,
+contrast, colourfulness) beside the sample photos' (bench/maco_spectrum.py).
 
     MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TRIM_THRESHOLD_=1073741824 OMP_NUM_THREADS=1 \\
         .venv/bin/python bench/quality.py [--steps 256] [--settings pixel,fft,maco,lucent] [--classes 1,130,...]
@@ -22,6 +31,7 @@ gives the wall time fastviz needs to reach lucent's quality, beside lucent's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -35,13 +45,15 @@ import torch.nn.functional as F
 import fastviz as fv
 from fastviz.cli.common import tune_malloc
 from fastviz.hooks import session
-from fastviz.param import spectral_slope
+from fastviz.picture_stats import axis_power, colourfulness, contrast, spectral_slope
 
 CLASSES = [1, 20, 130, 285, 309, 340, 417, 504, 850, 948, 967, 980]
 SETTINGS = {
     "pixel": dict(param="pixel", reg=fv.Yosinski()),     # the classic method
     "fft": dict(param="fft"),                            # lucent's recipe, frozen network
-    "maco": dict(param="maco"),                          # the new class-model default
+    "maco": dict(param="maco"),                          # the class-model default
+    "maco-2026-11": dict(param="maco"),                  # the default before issue 27 (old_maco)
+    "maco-448": dict(param="maco", size=448),            # a picture to print
     "lucent": None,                                      # the peer itself (lucent_class_models)
 }
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +101,33 @@ def floor_ms(model: fv.Model, rows: int, reps: int = 3) -> float:
     return 1000 * statistics.median(ts[1:])
 
 
-def lucent_class_models(model: fv.Model, classes: list[int], steps: int) -> tuple[torch.Tensor, float]:
-    """lucent's `render_vis` with its defaults, one row per class; (images, loop seconds)."""
+@contextlib.contextmanager
+def old_maco():
+    """The MACO default of 2026-11: the spectrum of unwindowed crops (3 scales), gain 1."""
+    from maco_spectrum import magnitude, photo_crops
+
+    from fastviz import param
+
+    log_mag = magnitude(photo_crops(scales=(1.0, 0.7, 0.5)), periodic=False).clamp_min(1e-6).log().numpy()
+    before = param._photo_log_magnitude, param.Maco.__init__.__defaults__
+    param._photo_log_magnitude = lambda: log_mag
+    param.Maco.__init__.__defaults__ = (None, 1.0, 1.0)
+    try:
+        yield
+    finally:
+        param._photo_log_magnitude, param.Maco.__init__.__defaults__ = before
+
+
+def picture_stats(images: torch.Tensor) -> dict:
+    """Medians of the picture statistics (docs/quality.md compares them with the photos')."""
+    return {"stripes": float(axis_power(images).median()), "contrast": float(contrast(images).median()),
+            "colourfulness": float(colourfulness(images).median()), "slope": float(spectral_slope(images).median())}
+
+
+def lucent_class_models(model: fv.Model, classes: list[int], steps: int, every: int | None = None
+                        ) -> tuple[torch.Tensor, float, list]:
+    """lucent's `render_vis` with its defaults, one row per class; (images, loop seconds,
+    [(step, images)] at every `every` steps: its thresholds)."""
     from lucent.optvis import objectives, param
     from lucent.optvis import render as lucent_render
     from torch import nn
@@ -106,12 +143,14 @@ def lucent_class_models(model: fv.Model, classes: list[int], steps: int) -> tupl
         return lambda hook: -hook("1__fc")[b, c]  # lucent minimises; its names join with "_"
 
     obj = sum((logit(c, b) for b, c in enumerate(classes[1:], 1)), logit(classes[0], 0))
+    thresholds = tuple(range(every, steps, every)) + (steps,) if every else (steps,)
     torch.manual_seed(0)
     t = time.perf_counter()
     out = lucent_render.render_vis(wrapped, obj, param_f=lambda: param.image(224, batch=len(classes)),
-                                   thresholds=(steps,), preprocess=False, progress=False, show_image=False)
+                                   thresholds=thresholds, preprocess=False, progress=False, show_image=False)
     seconds = time.perf_counter() - t
-    return torch.from_numpy(out[-1]).permute(0, 3, 1, 2).float().contiguous(), seconds
+    images = [torch.from_numpy(o).permute(0, 3, 1, 2).float().contiguous() for o in out]
+    return images[-1], seconds, list(zip(thresholds[:-1], images[:-1]))
 
 
 def in_peers_venv(argv: list[str]) -> int:
@@ -157,6 +196,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "out" / "quality"))
     ap.add_argument("--features", action="store_true", help="channel visualisations instead of class models")
     ap.add_argument("--again", action="store_true", help="render settings already in results.json anew")
+    ap.add_argument("--every", type=int, default=None, help="also judge the pictures every K steps")
+    ap.add_argument("--grid", default="maco-2026-11,maco,lucent", help="the rows of docs/img/quality_grid.jpg")
     args = ap.parse_args()
     malloc = tune_malloc()
     torch.set_num_threads(1)
@@ -186,33 +227,43 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         if base == "lucent":
-            images, loop_seconds = lucent_class_models(lite0, classes, steps)
+            images, loop_seconds, snaps = lucent_class_models(lite0, classes, steps, args.every)
             views_per_image = 1
         else:
-            r = fv.class_model(lite0, classes, steps=steps, **SETTINGS[base])
+            with old_maco() if base == "maco-2026-11" else contextlib.nullcontext():
+                r = fv.class_model(lite0, classes, steps=steps, snapshot_every=args.every, **SETTINGS[base])
             images, loop_seconds, views_per_image = r.images, r.info["loop_seconds"], r.info["views"]
+            snaps = [(k, im) for k, im in r.snapshots if k < steps]
         seconds = time.perf_counter() - t0
         step_ms = 1000 * loop_seconds / steps / len(classes)
         floor = floor_ms(lite0, len(classes) * views_per_image) / len(classes)
         res = {"steps": steps, "classes": classes, "views": views_per_image,
                "seconds": seconds, "ms_per_image_step": step_ms,
                "floor_ms_per_image": floor, "cost_vs_floor": step_ms / floor,
-               "slope": float(spectral_slope(images).median()),
+               "slope": float(spectral_slope(images).median()), "stats": picture_stats(images),
                "lite0": judge(lite0, images, classes), "lite1": judge(lite1, images, classes),
+               "curve": [{"step": k, "lite1": judge(lite1, im, classes), "stats": picture_stats(im)}
+                         for k, im in snaps],
                "malloc": malloc, "date": time.strftime("%Y-%m-%d %H:%M")}
         torch.save(images, path)
         results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
         results[name] = res  # re-read first: two processes may share the file
         (out / "results.json").write_text(json.dumps(results, indent=1))
+        for c in res["curve"]:
+            print(f"  {name} at step {c['step']}: Lite1 top5 {c['lite1']['top5']:.0%} p {c['lite1']['p']:.2f}")
         print(f"{name}: Lite1 top5 {res['lite1']['top5']:.0%} p {res['lite1']['p']:.2f} | Lite0 top5 "
               f"{res['lite0']['top5']:.0%} p {res['lite0']['p']:.2f} | slope {res['slope']:.2f} | "
               f"{step_ms:.0f} ms/image-step, {res['cost_vs_floor']:.2f}x floor of {views_per_image} rows "
               f"| {seconds:.0f} s", flush=True)
-    names = [n for n in SETTINGS if (out / f"{n}.pt").exists()]
+    names = [n for n in args.grid.split(",") if (out / f"{n}.pt").exists()]
     if names:
-        rows = torch.cat([torch.load(out / f"{n}.pt") for n in names])
+        fit = lambda x: F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        rows = torch.cat([fit(torch.load(out / f"{n}.pt")) for n in names])
         fv.save_image(fv.grid(rows, nrow=len(classes)), ROOT / "docs" / "img" / "quality_grid.jpg")
         print("grid rows:", names)
+    if (out / "maco-448.pt").exists():
+        big = torch.load(out / "maco-448.pt")
+        fv.save_image(fv.grid(big[:4], nrow=2), ROOT / "docs" / "img" / "quality_print.jpg")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def run_demo(args) -> int:
 
 def synthesis(model, photos: dict, out) -> None:
     # The default (MACO, 4 crops) in the top row, the classic pixel + Yosinski below it.
-    r = render.class_model(model, DEMO_CLASSES, steps=256, progress=True)
+    r = render.class_model(model, DEMO_CLASSES, progress=True)
     classic = render.class_model(model, DEMO_CLASSES, steps=200, param="pixel", progress=True)
     image.save_image(image.grid(torch.cat([r.images, classic.images]), nrow=4), out / "class_models.png")
     r = render.feature(model, "_blocks.10", range(4), steps=256, progress=True)

@@ -52,13 +52,14 @@ def _method(args) -> dict:
     return kw
 
 
-def _add_target_parser(sub, name: str, help: str, targets: tuple[str, ...], param: str, out: str, func):
+def _add_target_parser(sub, name: str, help: str, targets: tuple[str, ...], param: str, out: str, func,
+                       steps: int = 256):
     """A synthesis subcommand: its positional targets, then the shared model / loop / method flags."""
     p = sub.add_parser(name, help=help)
     for t in targets:
         p.add_argument(t, nargs="+" if t in ("classes", "channels") else None, type=str if t == "layer" else int)
     add_model_args(p)
-    _add_loop_args(p)
+    _add_loop_args(p, steps)
     _add_reg_args(p, param)
     add_out_arg(p, out)
     p.set_defaults(func=func)
@@ -66,7 +67,7 @@ def _add_target_parser(sub, name: str, help: str, targets: tuple[str, ...], para
 
 def register(sub) -> None:
     _add_target_parser(sub, "class", "class models by gradient ascent (MACO by default; --param pixel: Yosinski)",
-                       ("classes",), "maco", "out/class", run_class)
+                       ("classes",), "maco", "out/class", run_class, steps=96)
     _add_target_parser(sub, "feature", "channel visualisation of a layer", ("layer", "channels"), "fft",
                        "out/feature", run_feature)
 
