@@ -9,7 +9,7 @@ network rows, parameters frozen, measured in the same process just before). Writ
 out/quality/results.json, out/quality/<setting>.pt and the side-by-side grid docs/img/quality_grid.jpg.
 
 Settings: pixel (the classic pixel + Yosinski), fft, maco (the default), maco-2026-11 (the
-default before issue 27: the magnitude spectrum of unwindowed photo crops, whose border cross
+default of 2026-11: the magnitude spectrum of unwindowed photo crops, whose border cross
 drew stripes, and no contrast gain; rebuilt here by `maco_spectrum.magnitude(..., periodic=False)`
 from the 3 crop scales it used), maco-448 (the default on a 448 x 448 canvas, crops resized to
 224: a picture to print; judged after resizing), and lucent: the peer's `render_vis` with its
@@ -52,7 +52,7 @@ SETTINGS = {
     "pixel": dict(param="pixel", reg=fv.Yosinski()),     # the classic method
     "fft": dict(param="fft"),                            # lucent's recipe, frozen network
     "maco": dict(param="maco"),                          # the class-model default
-    "maco-2026-11": dict(param="maco"),                  # the default before issue 27 (old_maco)
+    "maco-2026-11": dict(param="maco"),                  # the default of 2026-11 (old_maco)
     "maco-448": dict(param="maco", size=448),            # a picture to print
     "lucent": None,                                      # the peer itself (lucent_class_models)
 }
