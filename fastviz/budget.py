@@ -191,7 +191,7 @@ _TOO_SMALL = re.compile(r"Kernel size can't be greater|Output size is too small|
 
 def _forward(m, x: torch.Tensor) -> None:
     # the module itself: the output selector and the class count are no concern of the probe
-    m.module(m.normalize(x))
+    m.module(m.fit(m.normalize(x)))
 
 
 def profile(model, x: torch.Tensor, name: str = "x") -> Profile | None:

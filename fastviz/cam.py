@@ -34,6 +34,7 @@ from .explain import check_class_target, check_logits, prepare, resolve_targets,
 from .image import minmax
 from .guided import guided
 from .hooks import Session, session
+from .layout import Layout
 from .models import Model
 from .targets import positive_int
 
@@ -58,46 +59,76 @@ def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
 
 
 def default_layer(model, x: torch.Tensor) -> str:
-    """The module whose *input* CAM methods use when `layer=None` (rule in the module docstring).
+    """The module CAM methods use when `layer=None` (rules in the module docstring): its input
+    on a CNN, its output on a transformer (`default_layer_used` says which).
 
     Args:
         model: `Model` or nn.Module.
         x: (B, 3, H, W) images (only the shape of one image matters).
 
     Returns:
-        A dotted module name (its input is the feature map).
+        A dotted module name.
 
     Raises:
-        FastvizError: no module takes a spatial map (a network without convolutions).
+        FastvizError: no module takes or gives a spatial map.
 
     Example:
         >>> default_layer(load_model(), torch.rand(1, 3, 224, 224))
         '_avg_pooling'
+        >>> default_layer(load_model("timm:vit_small_patch16_224", weights=None), torch.rand(1, 3, 224, 224))
+        'blocks.11.norm1'
     """
+    return default_layer_used(model, x)[0]
+
+
+def default_layer_used(model, x: torch.Tensor) -> tuple[str, bool]:
+    """(the default CAM layer, True when its input rather than its output is the map)."""
     m, x = prepare(model, x)
     key = tuple(x.shape[1:])
     cache = _DEFAULT_LAYERS.setdefault(m.module, {})
-    if key in cache:
-        return cache[key]
+    if key not in cache:
+        cache[key] = _find_default(m, x)
+    return cache[key]
+
+
+def _find_default(m: Model, x: torch.Tensor) -> tuple[str, bool]:
     names = {mod: n for n, mod in m.module.named_modules() if n}
     calls: dict[str, int] = {}
-    started: list[str] = []
+    took_map: list[str] = []   # modules whose input is a map with h x w > 1, in call order
+    norm1: list[str] = []      # transformer blocks' first norms giving tokens / channels-last maps
+    with session(m) as s:
+        def spatial(name, t) -> "Layout | None":
+            try:
+                lay = s.layout(name, t, x[:1])
+            except FastvizError:  # not a map (a vector, windows folded into the batch): not a candidate
+                return None
+            return lay if lay.spatial and lay.grid[0] * lay.grid[1] > 1 else None
 
-    def record(mod, args):
-        name = names[mod]
-        calls[name] = calls.get(name, 0) + 1
-        a = args[0] if args else None
-        if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-2] * a.shape[-1] > 1:
-            started.append(name)
+        def before(mod, args):
+            name = names[mod]
+            calls[name] = calls.get(name, 0) + 1
+            a = args[0] if args else None
+            if isinstance(a, torch.Tensor) and a.dim() in (3, 4) and spatial(name, a) is not None:
+                took_map.append(name)
 
-    with session(m) as s, contextlib.ExitStack() as hooks, torch.no_grad():
-        for mod in names:
-            hooks.enter_context(s.hook(mod, record, "pre"))
-        m(x[:1])
-    for name in reversed(started):
+        def after(mod, _args, out):
+            name = names[mod]
+            lay = spatial(name, out) if isinstance(out, torch.Tensor) else None
+            if lay is not None and lay.form in ("tokens", "nhwc"):
+                norm1.append(name)
+
+        with contextlib.ExitStack() as hooks, torch.no_grad():
+            for mod, name in names.items():
+                hooks.enter_context(s.hook(mod, before, "pre"))
+                if name.rsplit(".", 1)[-1] == "norm1":
+                    hooks.enter_context(s.hook(mod, after))
+            m(x[:1])
+    for name in reversed(norm1):
         if calls[name] == 1:
-            cache[key] = name
-            return name
+            return name, False
+    for name in reversed(took_map):
+        if calls[name] == 1:
+            return name, True
     side = m.input_size or (224, 224)
     if tuple(x.shape[-2:]) != tuple(side) and x.shape[-2] * x.shape[-1] < side[0] * side[1]:
         try:
@@ -107,16 +138,15 @@ def default_layer(model, x: torch.Tensor) -> str:
         if found is not None:  # the network has a spatial map; these images are too small for it
             raise FastvizError(
                 f"x: at {x.shape[-2]}x{x.shape[-1]} pixels every feature map of {m.name} is 1x1, so "
-                f"there is no map to draw; give larger images (at {side[0]}x{side[1]}, the input "
-                f"of {found!r} is one)")
-    raise FastvizError(f"layer: {m.name} has no module that takes a feature map (B, C, h, w) "
+                f"there is no map to draw; give larger images (at {side[0]}x{side[1]}, {found!r} has one)")
+    raise FastvizError(f"layer: {m.name} has no module that takes a feature map (B, C, h, w) or tokens "
                        f"with h x w > 1 at input {tuple(x.shape[1:])}; name one with layer=")
 
 
 def _layer_name(m: Model, x: torch.Tensor, layer) -> tuple[str, bool]:
     """(module name, True when its input rather than its output is the feature map)."""
     if layer is None:
-        return default_layer(m, x), True
+        return default_layer_used(m, x)
     m.layer(layer)  # unknown name -> FastvizError listing the nearest names
     return layer, False
 
@@ -136,15 +166,19 @@ def _capture(s: Session, x: torch.Tensor, layer: tuple[str, bool], grad: bool
     box: dict[str, torch.Tensor] = {}
 
     def swap(out):
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
-            what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise FastvizError(f"layer: {layer!r} returns {what}, expected a feature map (B, C, h, w)")
+        lay = s.layout(layer, out, x)  # tokens on the patch grid, (B, h, w, C) permuted
+        if not lay.spatial:
+            raise FastvizError(f"layer: {layer!r} gives shape {tuple(out.shape)}, a vector per image with no "
+                               f"positions to map; CAMs need a feature map (B, C, h, w), tokens (B, N, C) "
+                               f"or a channels-last stage")
         if not grad:
-            box["act"] = out.detach().clone()
+            box["act"] = lay.to_map(out).detach().clone()
             return out
-        leaf = out.detach().requires_grad_(True)
+        # the map is the leaf; the network after the layer runs on it laid back out (prefix
+        # tokens as they were: the gradient of the patch tokens is all a CAM reads)
+        leaf = lay.to_map(out).detach().requires_grad_(True)
         box["act"] = leaf
-        return leaf.clone()
+        return lay.from_map(leaf.clone(), out.detach())
 
     if use_input:
         hook = s.hook(module, lambda _m, args: (swap(args[0]), *args[1:]), "pre")
@@ -324,7 +358,7 @@ def _scorecam(model, x, target, layer, batch_size: int, normalize: bool) -> torc
             rows = torch.arange(i, j, device=x.device) // K
             up = F.interpolate(flat[i:j], size=(H, W), mode="bilinear", align_corners=False)
             mask = minmax(up)  # a constant A_k gives an all-zero mask, and its weight is 0
-            out = check_logits(m.select(m.module(xn.index_select(0, rows) * mask)))
+            out = check_logits(m.select(m.module(m.fit(xn.index_select(0, rows) * mask))))
             prob = out.float().softmax(1).gather(1, used.index_select(0, rows)[:, None])[:, 0]
             weights[i:j] = torch.where(mask.flatten(1).amax(1) > 0, prob, 0.0)
     # sum_k w_k up(A_k) = up(sum_k w_k A_k): bilinear upsampling is linear.

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import checks
 from .errors import FastvizError
+from .layout import Layout, layout_of
 from .models import Model
 
 
@@ -50,12 +51,23 @@ class Session:
         self.model = model
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._layers: dict[str, nn.Module] = {}  # name -> module, looked up once per session
+        self._layouts: dict[tuple, Layout] = {}  # (name, output shape, image shape) -> Layout
 
     def layer(self, name: str) -> nn.Module:
         """`model.layer(name)`, cached for the session (a synthesis loop asks every step)."""
         if name not in self._layers:
             self._layers[name] = self.model.layer(name)
         return self._layers[name]
+
+    def layout(self, name: str, out, x: torch.Tensor) -> Layout:
+        """How layer `name`'s output `out` in a forward of `x` lies on the image
+        (`fastviz.layout`), worked out once per shape for the session."""
+        key = (name, tuple(out.shape) if isinstance(out, torch.Tensor) else None, tuple(x.shape))
+        if key not in self._layouts:
+            net = getattr(self.model, "source", self.model).module  # a lowered copy: the user's
+            self._layouts[key] = layout_of(net, self.layer(name), name, out, self.model.fit_size(x),
+                                           x.shape[0])
+        return self._layouts[key]
 
     def add_forward_hook(self, module: nn.Module, hook: Callable) -> None:
         """A forward hook for the rest of the session (removed when the session ends)."""
@@ -102,7 +114,9 @@ class Session:
     # -- capture -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, layers: Sequence[str] = (), stop: bool = True
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Run the model on [0, 1] images, capturing the outputs of `layers`.
+        """Run the model on [0, 1] images, capturing the outputs of `layers`, each laid out as a
+        map (B, C, h, w) (`Session.layout`: tokens on their patch grid, channels-last stages
+        permuted; differentiable).
 
         Args:
             x: (B, C, H, W) images in [0, 1].
@@ -118,10 +132,7 @@ class Session:
         acts: dict[str, torch.Tensor] = {}
 
         def grab(name: str, out) -> None:
-            if not isinstance(out, torch.Tensor):
-                raise FastvizError(f"layer: {name!r} returns a {type(out).__name__}, not a tensor; "
-                                   f"pick a module whose output is a feature map")
-            acts[name] = out
+            acts[name] = self.layout(name, out, x).to_map(out)
             if stop and len(acts) == len(layers):
                 raise StopForward
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import checks
@@ -80,6 +81,10 @@ class Model:
             an int (index into a tuple / list), a str (dict key or namedtuple field), or a
             callable out -> tensor, applied after every forward. None (the default) expects a
             tensor and refuses anything else with a message naming `output`.
+        fixed_size: the network takes only `input_size` (a ViT whose patch embedding is fixed,
+            LeViT's attention biases): images of another size are resized to it (bilinear,
+            antialiased when shrinking) inside every forward, so DeepDream's octaves, inversion
+            and maps of other sizes work, and gradients reach the image through the resize.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
@@ -96,6 +101,7 @@ class Model:
         labels: Sequence[str] | None = None,
         name: str | None = None,
         output: int | str | Callable | None = None,
+        fixed_size: bool = False,
     ):
         if not isinstance(module, nn.Module):
             raise FastvizError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
@@ -118,6 +124,11 @@ class Model:
         if output is not None and not callable(output) and not isinstance(output, str):
             output = checks.as_int(output, "output")
         self.output = output
+        if not isinstance(fixed_size, bool):
+            raise FastvizError(f"fixed_size: expected True or False, got {fixed_size!r:.60}")
+        if fixed_size and self.input_size is None:
+            raise FastvizError("fixed_size: a network of one fixed size needs input_size")
+        self.fixed_size = fixed_size
         self._single_use: dict[str, int] = {}  # layer -> calls in one forward (rule 8)
         # (device, dtype) -> ((1, C, 1, 1) mean, (1, C, 1, 1) 1/std): made once, so that no
         # host-to-device copy happens inside a step (a CUDA graph capture forbids it).
@@ -180,8 +191,20 @@ class Model:
         mean, inv_std = self._norm_tensors(x)
         return (x - mean) * inv_std
 
+    def fit_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """(H, W) of what the network sees for images `x`: `input_size` for a fixed-size network."""
+        return self.input_size if self.fixed_size else tuple(x.shape[-2:])
+
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images resized to the network's fixed input size (as they are when it has none)."""
+        if not self.fixed_size or tuple(x.shape[-2:]) == self.input_size or x.dim() != 4:
+            return x
+        shrink = x.shape[-2] > self.input_size[0] or x.shape[-1] > self.input_size[1]
+        return F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=shrink)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.select(self.module(self.normalize(x)))
+        # fit after normalize: a resize (weights summing to 1) commutes with the per-channel affine
+        return self.select(self.module(self.fit(self.normalize(x))))
 
     def select(self, out) -> torch.Tensor:
         """The scores tensor from what the network returned (the `output` selector, checked)."""

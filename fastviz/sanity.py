@@ -167,7 +167,7 @@ def randomization_check(model, x, method="guided_backprop", *, target=None,
 
     original = draw(m)
     net = copy.deepcopy(m.module)
-    twin = Model(net, m.mean, m.std, m.input_size, m.labels, m.name)
+    twin = Model(net, m.mean, m.std, m.input_size, m.labels, m.name, output=m.output, fixed_size=m.fixed_size)
     names = list(stages) if stages is not None else default_stages(net)
     if not names:
         raise FastvizError("stages: the model has no module with parameters to randomise")

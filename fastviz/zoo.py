@@ -37,7 +37,8 @@ def from_timm(net: nn.Module, name: str | None = None):
         name: a short name for messages and files (default: the cfg's architecture).
 
     Returns:
-        `Model` (the network is used as it is: every call runs it in eval mode and restores it).
+        `Model` (the network is used as is: every call runs it in eval mode and restores it),
+        `fixed_size` where the network takes only its input size (`fixed_size`).
     """
     from .models import Model, imagenet_labels
 
@@ -50,9 +51,44 @@ def from_timm(net: nn.Module, name: str | None = None):
     size = cfg.get("input_size") or (3, 224, 224)
     classes = getattr(net, "num_classes", cfg.get("num_classes"))
     labels = imagenet_labels() if classes == 1000 else None
-    return Model(net, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                 std=tuple(cfg.get("std", (0.229, 0.224, 0.225))), input_size=tuple(size[-2:]),
-                 labels=labels, name=name or cfg.get("architecture") or type(net).__name__)
+    m = Model(net, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+              std=tuple(cfg.get("std", (0.229, 0.224, 0.225))), input_size=_input_size(net, size),
+              labels=labels, name=name or cfg.get("architecture") or type(net).__name__)
+    m.fixed_size = fixed_size(m)
+    return m
+
+
+def _input_size(net: nn.Module, size) -> tuple[int, int]:
+    """The size the network was built for: its patch embedding's (a ViT built with img_size=64
+    keeps the cfg's 224), else the cfg's."""
+    built = getattr(getattr(net, "patch_embed", None), "img_size", None)
+    return tuple(built) if built is not None else tuple(size[-2:])
+
+
+def fixed_size(m) -> bool:
+    """Whether the network takes only `m.input_size`.
+
+    timm's patch embeddings say so (`strict_img_size`, unless the network was built with
+    `dynamic_img_size`); other architectures fix the size elsewhere (LeViT's and
+    EfficientFormer's attention biases are sized for one grid), so one image of another size
+    (one 32-pixel step larger) is run without gradients: a network that refuses it is fixed.
+    """
+    import torch
+
+    from .hooks import session
+
+    net = m.module
+    if getattr(net, "dynamic_img_size", False):
+        return False
+    if getattr(getattr(net, "patch_embed", None), "strict_img_size", False):
+        return True
+    h, w = m.input_size
+    try:
+        with session(m), torch.no_grad():
+            net(torch.zeros(1, m.channels or 3, h + 32, w + 32, device=m.device))
+    except Exception:  # whatever the network raises at another size (an assert, a shape error)
+        return True
+    return False
 
 
 def load_timm(name: str, weights):

@@ -58,7 +58,7 @@ def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = Tru
         if not lm.report.shows_other_values(convs):
             return lm
     try:
-        new, report = lower_module(model.module, model.normalize(x[:1]), keep=convs,
+        new, report = lower_module(model.module, model.fit(model.normalize(x[:1])), keep=convs,
                                    channels_last=channels_last, activations=activations)
     except Exception as e:  # e.g. a module that cannot be deep-copied: run the network as it is, and say so
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"

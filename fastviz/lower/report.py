@@ -63,11 +63,11 @@ class LoweredModel(Model):
 
     def __init__(self, source: Model, module: nn.Module, report: LowerReport):
         super().__init__(module, source.mean, source.std, source.input_size, source.labels,
-                         name=source.name, output=source.output)
+                         name=source.name, output=source.output, fixed_size=source.fixed_size)
         self.source, self.report = source, report
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
+        x = self.fit(self.normalize(x))
         if self.report.channels_last and x.dim() == 4:
             x = _ChannelsLast.apply(x)
         return self.select(self.module(x))

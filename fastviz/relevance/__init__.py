@@ -122,7 +122,7 @@ def _explain(m: Model, net: RelevanceNet, x: torch.Tensor, target):
         if xn.dim() == 4:  # the copy's weights are channels_last (measured faster on the CPU)
             xn = xn.contiguous(memory_format=torch.channels_last)
         xn = xn.detach().requires_grad_(True)
-        logits = check_logits(m.select(net.module(xn)))
+        logits = check_logits(m.select(net.module(m.fit(xn))))
         score, used = target_scores(m, logits, target)
         (rel,) = torch.autograd.grad(score, xn, grad_outputs=score.detach())
     return rel.detach().contiguous(), score.detach(), used
@@ -210,7 +210,7 @@ def _relevance_net(m: Model, x: torch.Tensor, spec: Composite, user: dict[str, R
     if hit is not None and _same(hit[0], fp):
         return hit[1]
     assign = _assigner(spec, user)
-    net = build(m.module, m.normalize(x[:1]), assign)
+    net = build(m.module, m.fit(m.normalize(x[:1])), assign)
     unused = sorted(set(user) - assign.used)
     if unused:
         folded = {bn: conv for conv, bn in net.folded}
