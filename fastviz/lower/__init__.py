@@ -49,7 +49,7 @@ A folded BN is replaced by `nn.Identity`, or, for timm's norm + activation modul
 (`BatchNormAct2d`: normalise, then its own `drop` and `act`), by a `NormTail` that still runs those
 two under the same names; any other BatchNorm subclass with a forward of its own is not folded.
 Last, the finished copy's output on the example input is compared with the network's own (a
-frozen eval copy): more than `build.OUTPUT_TOL` (1e-3 relative L2; fp32 rounding gives 1e-7 to
+frozen eval copy): more than `build.OUTPUT_TOL` (1e-3 relative L2; fp32 rounding gives below
 1e-6) and the copy is refused (`LoweringMismatch`): the call runs the user's network and the
 report's `method` says "not lowered (...)" with the error.
 
