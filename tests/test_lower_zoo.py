@@ -74,13 +74,17 @@ def test_lowered_equals_eager_and_says_what_it_folded(name, kwargs, size, folded
     assert not report.method.startswith("not lowered"), report.method
     assert report.method == "fx" or (name == "mobilevit_xxs" and report.method.startswith("recorded forward"))
     assert len(report.folded) == folded, [b for _, b in report.folded][:5]
+    skipped = [(b, why) for b, why in report.skipped if b not in ("activations", "channels_last")]
     if skip_says is None:
-        assert not [s for s in report.skipped if s[0] != "activations"], report.skipped[:3]
+        assert not skipped, skipped[:3]
     else:
-        assert report.skipped and all(skip_says in why for _, why in report.skipped), report.skipped[:3]
+        assert skipped and all(skip_says in why for _, why in skipped), skipped[:3]
     # Every BN folded or said; no LayerNorm / GroupNorm touched.
     bns = {n for n, mod in net.named_modules() if isinstance(mod, _BatchNorm)}
-    assert bns == {b for _, b in report.folded} | {b for b, _ in report.skipped if b != "activations"}
+    assert bns == {b for _, b in report.folded} | {b for b, _ in skipped}
+    # A copy with nothing folded or rewritten keeps the network's layout (channels_last alone
+    # cost convnext_tiny 3-5%); one with folded BNs goes channels_last.
+    assert report.channels_last == bool(report.folded or report.matmul or report.activation_fused)
     norms = lambda mod: sorted(n for n, k in mod.named_modules() if isinstance(k, _NORMS))
     assert norms(lm.module) == norms(net)
     # A folded norm + activation keeps its activation (the same kind, under the same name).

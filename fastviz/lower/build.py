@@ -61,11 +61,18 @@ def lower_module(net: nn.Module, x: torch.Tensor, *, keep=(), channels_last: boo
             # the user's network (the failed copy's modules are already rewritten) without fusion.
             new, report = _rewritten_copy(net, x, keep, matmul=cpu_nhwc)
             report.skipped.append(("activations", f"not fused: with them the backward failed ({why})"))
-    if channels_last:
+    if channels_last and not (report.folded or report.matmul or report.activation_fused
+                              or report.padding_folded):
+        # A copy with nothing folded or rewritten (LayerNorm families: ConvNeXt, ViT, Swin) gains
+        # nothing from the layout alone, and it cost convnext_tiny 3-5% (forward + backward,
+        # batch 8, 1 CPU thread, two interleaved runs): keep the network's own layout.
+        report.skipped.append(("channels_last", "not applied: nothing was folded or rewritten"))
+    elif channels_last:
         new.to(memory_format=torch.channels_last)
         report.channels_last = True
     report.copy_bytes = sum(t.numel() * t.element_size() for t in [*new.parameters(), *new.buffers()])
-    got = _outputs(new, x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x)
+    nhwc = report.channels_last and x.dim() == 4
+    got = _outputs(new, x.contiguous(memory_format=torch.channels_last) if nhwc else x)
     err = _relative_error(got, want)
     if not err <= OUTPUT_TOL:
         raise LoweringMismatch(f"the lowered copy's output is {err:.2g} (relative L2) from the network's "
