@@ -87,12 +87,17 @@ def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _relative_error(got: list, want: list) -> float:
+    """Relative L2 over the finite values; non-finite values must sit at the same places (a
+    network that already gives inf or NaN on the example gives them in the copy too)."""
     if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
         return float("inf")
-    if not want:
-        return 0.0
-    num = sum(float((g - w).pow(2).sum()) for g, w in zip(got, want))
-    den = sum(float(w.pow(2).sum()) for w in want)
+    num = den = 0.0
+    for g, w in zip(got, want):
+        finite = torch.isfinite(w)
+        if not torch.equal(finite, torch.isfinite(g)):
+            return float("inf")
+        num += float((g[finite] - w[finite]).pow(2).sum())
+        den += float(w[finite].pow(2).sum())
     return (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
