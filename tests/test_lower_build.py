@@ -196,3 +196,22 @@ def test_lowered_on_cuda_and_in_the_graph():
     assert rel(ol, o) <= 1e-4 and rel(gl, g) <= GRAD_TOL  # cuDNN's TF32 / algorithm choice differ
     r = fv.class_model(m, [285], steps=8, backend="graph")
     assert r.info["backend"] == "graph" and r.info["lower"]["folded"] == 49
+
+
+def test_a_network_that_already_gives_nan_is_still_lowered():
+    """The end-to-end output check compares the finite values and asks for NaN / inf at the same
+    places: a network whose output is already non-finite is not refused for it."""
+
+    class LogOfNegative(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x)).mean((2, 3))
+            return torch.cat([h, torch.log(x.mean((2, 3)) - 2.0)], 1)  # NaN in the last 3 columns
+
+    torch.manual_seed(0)
+    m = fv.Model(randomise_bn(LogOfNegative()).eval(), input_size=8)
+    lm = lowered(m, torch.rand(1, 3, 8, 8))
+    assert lm.report.folded == [("conv", "bn")] and not lm.report.method.startswith("not lowered")

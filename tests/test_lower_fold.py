@@ -36,3 +36,19 @@ def test_unfoldable_pairs_say_why():
     c = nn.Conv2d(3, 4, 1)
     c.register_forward_hook(lambda *a: None)
     assert "hook" in unfoldable(c, nn.BatchNorm2d(4))
+
+
+class ScaledBN(nn.BatchNorm2d):
+    """A BatchNorm subclass that does more than normalise: folding it would lose the * 2."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class PlainSubclassBN(nn.BatchNorm2d):
+    pass
+
+
+def test_a_batchnorm_subclass_with_its_own_forward_is_not_folded():
+    assert "forward of its own" in unfoldable(nn.Conv2d(3, 4, 1), ScaledBN(4))
+    assert unfoldable(nn.Conv2d(3, 4, 1), PlainSubclassBN(4)) == ""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..models import Model
-from .build import lower_module
+from .build import LoweringMismatch, lower_module
 from .report import LowerReport, LoweredModel
 
 
@@ -65,7 +65,10 @@ def lowered(model: Model, x: torch.Tensor, *, keep=(), channels_last: bool = Tru
         warnings.warn(f"fastviz: could not lower {model.name} ({why}); running it as it is",
                       RuntimeWarning, stacklevel=3)
         report = LowerReport(method=f"not lowered ({why})")
-        return LoweredModel(model, model.module, report)  # not cached: tried again next call
+        lm = LoweredModel(model, model.module, report)
+        if isinstance(e, LoweringMismatch):  # the same weights fail the same way: remember it
+            cache[key] = (fp, lm)
+        return lm  # other failures are not cached: tried again next call
     new.to(x.device)
     lm = LoweredModel(model, new, report)
     cache[key] = (fp, lm)

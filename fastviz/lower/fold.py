@@ -1,5 +1,12 @@
 """BatchNorm folded into the convolution before it, exactly (zennit's MergeBatchNorm canonizer):
-W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), in float64."""
+W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), in float64.
+
+What takes the BN's place once folded (`after_fold`): `nn.Identity` for a plain BatchNorm; for
+timm's norm + activation modules (`BatchNormAct2d`, `SyncBatchNormAct`: normalise, then their own
+`drop` and `act`) a `NormTail` that still runs those two, under the same names. Any other
+BatchNorm subclass with a forward of its own is not folded: what it does beside normalising is
+not known.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,43 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 
+# timm's norm + activation BatchNorms: forward = batch_norm, then self.drop, then self.act.
+_NORM_ACT = ("BatchNormAct2d", "SyncBatchNormAct")
+
+
+class NormTail(nn.Module):
+    """What is left of a norm + activation module (timm's `BatchNormAct2d`) once its
+    normalisation is folded into the conv before it: its `drop`, then its `act`, the same
+    module objects under the same names."""
+
+    def __init__(self, drop: nn.Module, act: nn.Module):
+        super().__init__()
+        self.drop, self.act = drop, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def _plain(bn: nn.Module) -> bool:
+    return type(bn).forward in (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+
+
+def _norm_act(bn: nn.Module) -> bool:
+    return (type(bn).__name__ in _NORM_ACT and type(bn).__module__.startswith("timm.")
+            and list(bn._modules) == ["drop", "act"])
+
+
+def after_fold(bn: nn.Module) -> nn.Module:
+    """The module that takes folded `bn`'s place: nn.Identity, or a `NormTail` for timm's norm +
+    activation modules (call `unfoldable` first: it refuses every other BatchNorm subclass)."""
+    return NormTail(bn.drop, bn.act) if _norm_act(bn) else nn.Identity()
+
+
 def unfoldable(conv: nn.Module, bn: nn.Module) -> str:
     """Why `bn` cannot be folded into `conv`, or "" when it can."""
+    if not (_plain(bn) or _norm_act(bn)):
+        return (f"the BN is a {type(bn).__name__}, a BatchNorm with a forward of its own: what it "
+                f"does beside normalising is not known")
     if getattr(conv, "transposed", False):
         return "the conv is transposed"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:

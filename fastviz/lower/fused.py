@@ -80,11 +80,22 @@ def _autocast() -> bool:
 
 
 class _LinearAct(torch.autograd.Function):
-    """act(x @ W.T + b) on 2-D x in one oneDNN kernel; backward to x only (weights are frozen)."""
+    """act(conv1x1(x)) on a channels_last (N, C, H, W) x as one oneDNN matmul over its NHWC view;
+    backward to x only (weights are frozen).
+
+    The output is a tensor of its own (channels_last strides over the matmul's storage), not a
+    view: a view would make a later in-place op on it (`y += shortcut` in a ResNet block) cost
+    autograd's view machinery, a clone of the whole output and a strided backward (measured on
+    resnet50 at batch 8: the lowered network 1.10x the eager one instead of 0.86x)."""
 
     @staticmethod
     def forward(ctx, x, weight, weight_t, bias, act: Act, owned: bool):
-        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, act[0], list(act[1]), "")
+        n, c, h, w = x.shape
+        x2 = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
+        y2 = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, act[0], list(act[1]), "")
+        cout = y2.shape[1]
+        y = y2.new_empty(0).set_(y2.untyped_storage(), y2.storage_offset(), (n, cout, h, w),
+                                 (h * w * cout, 1, w * cout, cout))
         ctx.act, ctx.owned = act, owned
         ctx.save_for_backward(weight_t, None if act == NO_ACT else y)
         return y
@@ -93,10 +104,13 @@ class _LinearAct(torch.autograd.Function):
     @once_differentiable  # the loop needs no second derivative; asking for one is an error
     def backward(ctx, g):
         weight_t, y = ctx.saved_tensors
+        n, cout, h, w = g.shape
+        g = g.contiguous(memory_format=torch.channels_last)  # one layout for the mask and the matmul
         if y is not None:
             g = _act_backward(g, y, ctx.act, ctx.owned)
-        gx = torch.ops.mkldnn._linear_pointwise(g.contiguous(), weight_t, None, "none", [], "")
-        return gx, None, None, None, None, None
+        g2 = g.permute(0, 2, 3, 1).reshape(n * h * w, cout)
+        gx = torch.ops.mkldnn._linear_pointwise(g2, weight_t, None, "none", [], "")
+        return gx.view(n, h, w, -1).permute(0, 3, 1, 2), None, None, None, None, None
 
 
 class _ConvAct(torch.autograd.Function):
@@ -167,15 +181,13 @@ class Pointwise(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        x = x.permute(0, 2, 3, 1)
         if self.onednn and x.dtype == self.weight.dtype and not _autocast():
-            y = _LinearAct.apply(x.reshape(n * h * w, self.in_channels), self.weight, self.weight_t,
-                                 self.bias, self.act, self.grad_owned and _no_global_backward_hooks())
-            y = y.view(n, h, w, self.out_channels)
+            y = _LinearAct.apply(x, self.weight, self.weight_t, self.bias, self.act,
+                                 self.grad_owned and _no_global_backward_hooks())
         else:
-            y = activate_(nn.functional.linear(x, self.weight, self.bias), self.act)
-        return _tag(y.permute(0, 3, 1, 2), self.act)
+            y = activate_(nn.functional.linear(x.permute(0, 2, 3, 1), self.weight, self.bias), self.act)
+            y = y.permute(0, 3, 1, 2)
+        return _tag(y, self.act)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}, act={self.act[0]}"

@@ -34,7 +34,7 @@ def pairs_fx(net: nn.Module) -> list[Candidate]:
         src = node.args[0] if node.args else None
         if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
                 and isinstance(modules[src.target], _ConvNd)):
-            what = src.target if isinstance(src, torch.fx.Node) else src
+            what = getattr(src.target, "__name__", src.target) if isinstance(src, torch.fx.Node) else src
             out.append(Candidate(node.target, None, f"its input is not a conv's output (comes from {what})"))
             continue
         reason = ""

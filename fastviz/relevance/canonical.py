@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lower.fold import fold_batchnorm, unfoldable
+from ..lower.fold import after_fold, fold_batchnorm, unfoldable
 from ..lower.pairs import pairs_fx
 from ..lower.rewrites import plain_conv, replace_module
 
@@ -69,7 +69,7 @@ def canonical_copy(net: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
         if c.conv is None or c.reason or unfoldable(modules[c.conv], modules[c.bn]):
             continue
         fold_batchnorm(modules[c.conv], modules[c.bn])
-        replace_module(new, modules[c.bn], nn.Identity())
+        replace_module(new, modules[c.bn], after_fold(modules[c.bn]))
         folded.append((c.conv, c.bn))
     _rewrite_convs(new)
     new.to(memory_format=torch.channels_last)  # 4-D weights; the input goes channels_last too
