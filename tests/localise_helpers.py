@@ -38,13 +38,13 @@ def _shape_masks(kind: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, r: torc
     return torch.where(k == 0, disc, torch.where(k == 1, square, torch.where(k == 2, triangle, cross)))
 
 
-def _clutter(n: int, g: torch.Generator) -> torch.Tensor:
+def _clutter(n: int, g: torch.Generator, amount: float = 1.0) -> torch.Tensor:
     """(n, 3, SIDE, SIDE) background: a flat colour, smooth colour noise, low-contrast
     rectangles and ellipses, pixel noise; no feature of it says anything about the class."""
-    base = 0.3 + 0.4 * torch.rand(n, 3, 1, 1, generator=g)
+    base = 0.15 + 0.3 * torch.rand(n, 3, 1, 1, generator=g)
     smooth = F.interpolate(torch.randn(n, 3, 6, 6, generator=g), size=(SIDE, SIDE), mode="bilinear",
                            align_corners=False)
-    img = base + 0.06 * smooth
+    img = base + 0.06 * amount * smooth
     ys = torch.arange(SIDE, dtype=torch.float32)[None, :, None] + 0.5
     xs = torch.arange(SIDE, dtype=torch.float32)[None, None, :] + 0.5
     for i in range(10):
@@ -54,12 +54,12 @@ def _clutter(n: int, g: torch.Generator) -> torch.Tensor:
             m = ((ys - cy) / hy) ** 2 + ((xs - cx) / hx) ** 2 <= 1
         else:
             m = ((ys - cy).abs() <= hy) & ((xs - cx).abs() <= hx)
-        tint = 0.12 * (2 * torch.rand(n, 3, 1, 1, generator=g) - 1)
+        tint = 0.12 * amount * (2 * torch.rand(n, 3, 1, 1, generator=g) - 1)
         img = img + m[:, None] * tint
-    return img + 0.03 * torch.randn(n, 3, SIDE, SIDE, generator=g)
+    return img + 0.03 * amount * torch.randn(n, 3, SIDE, SIDE, generator=g)
 
 
-def make_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_images(n: int, seed: int, clutter: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n images of the task, the same for the same seed.
 
     Returns:
@@ -67,19 +67,19 @@ def make_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         boxes (n, 4) int64 (y0, x0, y1, x1), the object's tight box, y1 and x1 exclusive.
     """
     g = torch.Generator().manual_seed(seed)
-    img = _clutter(n, g)
+    img = _clutter(n, g, clutter)
     labels = torch.randint(len(LABELS), (n,), generator=g)
     r = 7 + 4 * torch.rand(n, generator=g)  # 14-22 px across
     cy, cx = (r + (SIDE - 2 * r) * torch.rand(2, n, generator=g)).unbind(0)
     mask = _shape_masks(labels, cy, cx, r)
-    # a colour that stands out from the background: at least 0.35 away in some channel
+    # a light colour on a darker background: at least 0.3 brighter in some channel
     local = (img * mask[:, None]).sum((2, 3)) / mask.sum((1, 2))[:, None].clamp_min(1)
-    colour = torch.rand(n, 3, generator=g)
+    colour = 0.5 + 0.5 * torch.rand(n, 3, generator=g)
     for _ in range(20):
-        dull = (colour - local).abs().amax(1) < 0.35
+        dull = (colour - local).amax(1) < 0.3
         if not dull.any():
             break
-        colour[dull] = torch.rand(int(dull.sum()), 3, generator=g)
+        colour[dull] = 0.5 + 0.5 * torch.rand(int(dull.sum()), 3, generator=g)
     shade = 1 + 0.04 * torch.randn(n, 1, SIDE, SIDE, generator=g)  # a little texture on the object
     img = torch.where(mask[:, None], colour[:, :, None, None] * shade, img).clamp(0, 1)
     rows, cols = mask.any(2), mask.any(1)
@@ -133,16 +133,17 @@ def train(net: nn.Module, *, steps: int, batch: int = 64, lr: float = 2e-3, seed
     return fv.Model(net, mean=MEAN, std=STD, input_size=SIDE, labels=LABELS)
 
 
-def trained_cnn(steps: int = 600) -> fv.Model:
-    """The tiny CNN trained on the task (seeded)."""
+def trained_cnn(steps: int = 300) -> fv.Model:
+    """The tiny CNN trained on the task (seeded; held-out accuracy 1.0 measured)."""
     torch.manual_seed(0)
-    return train(tiny_cnn(), steps=steps, lr=3e-3)
+    return train(tiny_cnn(), steps=steps, lr=5e-3)
 
 
-def trained_vit(steps: int = 900) -> fv.Model:
-    """The tiny ViT trained on the task (seeded)."""
+def trained_vit(steps: int = 600) -> fv.Model:
+    """The tiny ViT trained on the task (seeded; held-out accuracy about 0.98 measured: it
+    learns nothing for its first 100-200 steps, then fast)."""
     torch.manual_seed(0)
-    return train(tiny_vit(), steps=steps, lr=1e-3, weight_decay=0.05)
+    return train(tiny_vit(), steps=steps, lr=3e-3, weight_decay=0.05)
 
 
 @torch.no_grad()
@@ -194,23 +195,29 @@ def chance(boxes: torch.Tensor, size: int = SIDE) -> torch.Tensor:
 
 
 # -- every method, one call each -------------------------------------------------------------
+# The CAMs' layer on the ViT: the last block's first LayerNorm, whose tokens (B, 65, 64) are
+# laid out on the 8 x 8 patch grid (the convention of pytorch-grad-cam's ViT example).
+VIT_CAM_LAYER = "blocks.3.norm1"
+
+
 def methods(arch: str) -> dict:
     """{name: call(model, x, target) -> (B, H, W)} of every attribution method for an
-    architecture ("cnn" or "vit"): the gradient maps, the CAMs, the averaged gradients, LRP on
-    the CNN, attention rollout (class-agnostic) and Chefer's attribution on the ViT."""
+    architecture ("cnn" or "vit"): the gradient maps, the CAMs (default layer on the CNN,
+    VIT_CAM_LAYER on the ViT), the averaged gradients, LRP (it refuses the ViT), attention
+    rollout (class-agnostic) and Chefer's attribution on the ViT."""
+    layer = VIT_CAM_LAYER if arch == "vit" else None
     out = {
         "saliency": lambda m, x, t: fv.saliency(m, x, t),
         "guided_backprop": lambda m, x, t: fv.guided_backprop(m, x, t),
-        "gradcam": lambda m, x, t: fv.gradcam(m, x, t),
-        "guided_gradcam": lambda m, x, t: fv.guided_gradcam(m, x, t),
-        "layercam": lambda m, x, t: fv.layercam(m, x, t),
-        "scorecam": lambda m, x, t: fv.scorecam(m, x, t),
+        "gradcam": lambda m, x, t: fv.gradcam(m, x, t, layer=layer),
+        "guided_gradcam": lambda m, x, t: fv.guided_gradcam(m, x, t, layer=layer),
+        "layercam": lambda m, x, t: fv.layercam(m, x, t, layer=layer),
+        "scorecam": lambda m, x, t: fv.scorecam(m, x, t, layer=layer),
         "smoothgrad": lambda m, x, t: fv.smoothgrad(m, x, t, n=16, seed=0),
         "integrated_gradients": lambda m, x, t: fv.integrated_gradients(m, x, t, points=32),
+        "lrp": lambda m, x, t: fv.lrp(m, x, t),
     }
-    if arch == "cnn":
-        out["lrp"] = lambda m, x, t: fv.lrp(m, x, t)
-    else:
+    if arch == "vit":
         out["attention_rollout"] = lambda m, x, t: fv.attention_rollout(m, x)
         out["transformer_attribution"] = lambda m, x, t: fv.transformer_attribution(m, x, t)
     return {k: (lambda f: lambda m, x, t: to_map(f(m, x, t)))(f) for k, f in out.items()}
@@ -219,13 +226,18 @@ def methods(arch: str) -> dict:
 def measure(model: fv.Model, arch: str, x: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
             only=None) -> dict:
     """{method: {"pointing": hit rate, "energy": mean energy in box, "seconds": time}} of every
-    method (or those named in `only`) explaining the true class of each image."""
+    method (or those named in `only`) explaining the true class of each image; a method that
+    refuses the network gets {"refused": its message} instead."""
     rows = {}
     for name, call in methods(arch).items():
         if only is not None and name not in only:
             continue
         t0 = time.perf_counter()
-        maps = call(model, x, labels)
+        try:
+            maps = call(model, x, labels)
+        except fv.FastvizError as e:
+            rows[name] = {"refused": str(e)}
+            continue
         rows[name] = {"pointing": pointing_game(maps, boxes).float().mean().item(),
                       "energy": energy_in_box(maps, boxes).mean().item(),
                       "seconds": time.perf_counter() - t0}
