@@ -45,7 +45,7 @@ def table(results: dict, chance: float) -> list[str]:
             else:
                 cells += [f"{r['pointing']:.2f}", f"{r['energy']:.2f}"]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    lines.append(f"| chance (box area / image area) | {chance:.3f} | {chance:.3f} | {chance:.3f} | {chance:.3f} |")
+    lines.append("| chance (box area / image area) | " + " | ".join([f"{chance:.3f}"] * 4) + " |")
     return lines
 
 
