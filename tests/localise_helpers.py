@@ -135,17 +135,17 @@ def train(net: nn.Module, *, steps: int, batch: int = 64, lr: float = 2e-3, seed
     return fv.Model(net, mean=MEAN, std=STD, input_size=SIDE, labels=LABELS)
 
 
-def trained_cnn(steps: int = 300) -> fv.Model:
+def trained_cnn(steps: int = 300, seed: int = 0) -> fv.Model:
     """The tiny CNN trained on the task (seeded; held-out accuracy 1.0 measured)."""
-    torch.manual_seed(0)
-    return train(tiny_cnn(), steps=steps, lr=5e-3)
+    torch.manual_seed(seed)
+    return train(tiny_cnn(), steps=steps, lr=5e-3, seed=seed)
 
 
-def trained_vit(steps: int = 600) -> fv.Model:
-    """The tiny ViT trained on the task (seeded; held-out accuracy about 0.98 measured: it
-    learns nothing for its first 100-200 steps, then fast)."""
-    torch.manual_seed(0)
-    return train(tiny_vit(), steps=steps, lr=3e-3, weight_decay=0.05)
+def trained_vit(steps: int = 600, seed: int = 0) -> fv.Model:
+    """The tiny ViT trained on the task (seeded; held-out accuracy 0.96-0.99 measured over
+    seeds: it learns nothing for its first 100-200 steps, then fast)."""
+    torch.manual_seed(seed)
+    return train(tiny_vit(), steps=steps, lr=3e-3, weight_decay=0.05, seed=seed)
 
 
 @torch.no_grad()

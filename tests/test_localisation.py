@@ -23,31 +23,30 @@ CAM_NEEDS_LAYOUT = pytest.mark.xfail(
     reason="CAMs read a (B, C, h, w) map; a ViT's blocks give tokens (B, N, C), and laying them "
            "out on the patch grid (fastviz.layout) is not there yet")
 
-# Pointing-game floor per (architecture, method): measured on 200 held-out images
-# (docs/any_model.md) minus 0.15-0.25, since another CPU's rounding trains other weights
-# (the ViT most: it sits on a plateau for its first 100-200 steps), and these 96 images are a
-# different sample (a hit rate near 0.6 has a standard error of 0.05 here). Every floor is at
-# least 4.5x chance (chance is about 0.075).
+# Pointing-game floor per (architecture, method), under what was measured on 200 held-out
+# images (docs/any_model.md; seed 0) and on these 96 with training seeds 1 and 2 and with two
+# threads (another CPU's rounding trains other weights): the lowest of those minus 0.1-0.15.
+# Every floor is at least 4x chance (chance is about 0.075).
 FLOORS = {
-    ("cnn", "saliency"): 0.5,  # measured 0.75
-    ("cnn", "guided_backprop"): 0.8,  # 1.00
-    ("cnn", "gradcam"): 0.8,  # 0.96
-    ("cnn", "guided_gradcam"): 0.8,  # 0.99
-    ("cnn", "layercam"): 0.8,  # 0.96
-    ("cnn", "scorecam"): 0.75,  # 0.98
-    ("cnn", "smoothgrad"): 0.65,  # 0.88
+    ("cnn", "saliency"): 0.55,  # measured 0.75-0.81
+    ("cnn", "guided_backprop"): 0.75,  # 0.94-1.00
+    ("cnn", "gradcam"): 0.7,  # 0.88-0.98
+    ("cnn", "guided_gradcam"): 0.8,  # 0.97-1.00
+    ("cnn", "layercam"): 0.7,  # 0.89-0.98
+    ("cnn", "scorecam"): 0.7,  # 0.91-0.98
+    ("cnn", "smoothgrad"): 0.6,  # 0.76-0.90
     ("cnn", "integrated_gradients"): 0.8,  # 1.00
     ("cnn", "lrp"): 0.8,  # 1.00; the ViT is refused (test_lrp_refuses_the_vit)
-    ("vit", "saliency"): 0.4,  # 0.63
-    ("vit", "guided_backprop"): 0.35,  # 0.57
-    ("vit", "gradcam"): 0.4,  # 0.63 (the CAMs on the ViT: with tokens laid out on the grid)
-    ("vit", "guided_gradcam"): 0.5,  # 0.74
-    ("vit", "layercam"): 0.6,  # 0.84
-    ("vit", "scorecam"): 0.45,  # 0.65
-    ("vit", "smoothgrad"): 0.45,  # 0.67
-    ("vit", "integrated_gradients"): 0.8,  # 1.00
-    ("vit", "attention_rollout"): 0.5,  # 0.75 (class-agnostic: the object is what stands out)
-    ("vit", "transformer_attribution"): 0.55,  # 0.79
+    ("vit", "saliency"): 0.45,  # 0.63-0.71
+    ("vit", "guided_backprop"): 0.4,  # 0.57-0.72
+    ("vit", "gradcam"): 0.3,  # 0.47-0.63 (the CAMs: tokens laid out on the patch grid)
+    ("vit", "guided_gradcam"): 0.45,  # 0.65-0.74
+    ("vit", "layercam"): 0.55,  # 0.77-0.84
+    ("vit", "scorecam"): 0.45,  # 0.65-0.70
+    ("vit", "smoothgrad"): 0.5,  # 0.67-0.77
+    ("vit", "integrated_gradients"): 0.8,  # 0.99-1.00
+    ("vit", "attention_rollout"): 0.5,  # 0.75-0.95 (class-agnostic: the object stands out)
+    ("vit", "transformer_attribution"): 0.6,  # 0.78-0.83
 }
 CAMS = ("gradcam", "guided_gradcam", "layercam", "scorecam")
 
