@@ -31,43 +31,46 @@ timm = pytest.importorskip("timm")
 @dataclass(frozen=True)
 class Arch:
     """A timm network built small: its name, the keyword arguments that shrink it, the input
-    side it is built for, and a mid-level layer for the layer objectives and `Neuron`s."""
+    side it is built for, a mid-level layer for the layer objectives and `Neuron`s, and that
+    layer's channel count as timm declares it (the embedding width of a transformer stage)."""
     timm_name: str
     family: str
     layer: str
+    channels: int
     size: int = 64
     kwargs: dict = field(default_factory=dict)
 
 
 SMALL_SWIN = dict(img_size=64, window_size=4, embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
 ARCHS = {
-    "resnet18": Arch("resnet18", "ResNet", "layer3"),
-    "efficientnet_b0": Arch("efficientnet_b0", "EfficientNet (SiLU, squeeze-excitation)", "blocks.3"),
-    "mobilenetv3_small_100": Arch("mobilenetv3_small_100", "MobileNetV3 (hardswish)", "blocks.2"),
-    "convnext_atto": Arch("convnext_atto", "ConvNeXt (LayerNorm2d)", "stages.2"),
-    "regnetx_002": Arch("regnetx_002", "RegNet", "s3"),
-    "densenet121": Arch("densenet121", "DenseNet", "features.denseblock3"),
-    "vit_tiny": Arch("vit_tiny_patch16_224", "ViT, class token", "blocks.5", kwargs=dict(img_size=64)),
-    "deit_tiny_distilled": Arch("deit_tiny_distilled_patch16_224", "DeiT, distillation token", "blocks.5",
+    "resnet18": Arch("resnet18", "ResNet", "layer3", 256),
+    "efficientnet_b0": Arch("efficientnet_b0", "EfficientNet (SiLU, squeeze-excitation)", "blocks.3", 80),
+    "mobilenetv3_small_100": Arch("mobilenetv3_small_100", "MobileNetV3 (hardswish)", "blocks.2", 40),
+    "convnext_atto": Arch("convnext_atto", "ConvNeXt (LayerNorm2d)", "stages.2", 160),
+    "regnetx_002": Arch("regnetx_002", "RegNet", "s3", 152),
+    "densenet121": Arch("densenet121", "DenseNet", "features.denseblock3", 1024),
+    "vit_tiny": Arch("vit_tiny_patch16_224", "ViT, class token", "blocks.5", 192, kwargs=dict(img_size=64)),
+    "deit_tiny_distilled": Arch("deit_tiny_distilled_patch16_224", "DeiT, distillation token", "blocks.5", 192,
                                 kwargs=dict(img_size=64)),
-    "vit_tiny_reg4": Arch("vit_tiny_patch16_224", "ViT, 4 register tokens", "blocks.5",
+    "vit_tiny_reg4": Arch("vit_tiny_patch16_224", "ViT, 4 register tokens", "blocks.5", 192,
                           kwargs=dict(img_size=64, reg_tokens=4)),
-    "swin": Arch("swin_tiny_patch4_window7_224", "Swin ((B, H, W, C) stages)", "layers.2", kwargs=SMALL_SWIN),
-    "levit_128s": Arch("levit_128s", "LeViT (tokens, no prefix)", "stages.1", kwargs=dict(img_size=64)),
-    "mobilevit_xxs": Arch("mobilevit_xxs", "MobileViT (attention over unfolded patches)", "stages.3"),
-    "fastvit_t8": Arch("fastvit_t8", "FastViT (RepMixer, hybrid)", "stages.2"),
+    "swin": Arch("swin_tiny_patch4_window7_224", "Swin ((B, H, W, C) stages)", "layers.2", 128, kwargs=SMALL_SWIN),
+    "levit_128s": Arch("levit_128s", "LeViT (tokens, no prefix)", "stages.1", 256, kwargs=dict(img_size=64)),
+    "mobilevit_xxs": Arch("mobilevit_xxs", "MobileViT (attention over unfolded patches)", "stages.3", 64),
+    "fastvit_t8": Arch("fastvit_t8", "FastViT (RepMixer, hybrid)", "stages.2", 192),
     # EfficientFormer's attention biases are laid out for 224 input: a fixed-size model.
-    "efficientformer_l1": Arch("efficientformer_l1", "EfficientFormer (fixed 224 input)", "stages.2", size=224),
+    "efficientformer_l1": Arch("efficientformer_l1", "EfficientFormer (fixed 224 input)", "stages.2", 224, size=224),
 }
 
 # Refusal codes: the reason a method is not defined for a network, as its message says it.
 REASONS = {
     "att": r"has no attention module fastviz can read",
     "win": r"uses windowed attention \(WindowAttention\); attention rollout needs global attention",
-    "unf": r"attention",  # MobileViT: attention within unfolded patches, not over the image's tokens
+    "unf": r"model: mobilevit_xxs .*attention",  # attention within unfolded patches, not over the image
     "ln": r"layer_norm .*AttnLRP",
     "mm": r"matmul .*AttnLRP",
     "fx": r"cannot trace ByobNet with torch.fx",
+    "sub": r"computes sub \(sub in stages\.0\.blocks\.0\.token_mixer .*which no LRP rule covers",  # x - pool(x)
     "lnm": r"has no LRP rule.*AttnLRP",
     "bad_t": r"target",
     "bad_l": r"layer: no module named 'nope'",
@@ -85,6 +88,7 @@ guided_backprop           ok    ok    ok    ok    ok    ok    ok    ok    ok    
 deconvnet                 ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 input_x_gradient          ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 neuron_gradient           ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
+last_channel              ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 gradcam                   ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 gradcam_layer             ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 guided_gradcam            ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
@@ -92,7 +96,7 @@ layercam                  ok    ok    ok    ok    ok    ok    ok    ok    ok    
 scorecam                  ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 smoothgrad                ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 integrated_gradients      ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
-lrp                       ok    ok    ok    ln    ok    ok    ln    ln    ln    lnm   mm    fx    ok    ok
+lrp                       ok    ok    ok    ln    ok    ok    ln    ln    ln    lnm   mm    fx    sub   sub
 attention_rollout         att   att   att   att   att   att   ok    ok    ok    win   att   unf   att   att
 transformer_attribution   att   att   att   att   att   att   ok    ok    ok    win   att   unf   att   att
 class_model               ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
@@ -143,10 +147,13 @@ CAM_LAYER = {
 # Cells that need token layers laid out as (B, C, h, w) (ViT, DeiT, LeViT tokens, Swin's
 # (B, H, W, C)) or DeepDream's octaves resized to a fixed-size model's input.
 LAYOUT = {(a, m) for a in ("vit_tiny", "deit_tiny_distilled", "vit_tiny_reg4", "levit_128s")
-          for m in ("neuron_gradient", "gradcam_layer", "feature", "neuron", "deepdream", "invert",
-                    "dataset_examples", "bad_channel")}
-LAYOUT |= {(a, "deepdream") for a in ("swin", "efficientformer_l1")}
-KNOWN = {}  # (arch, method) -> reason, for cells that fail for a reason outside this table's reach
+          for m in ("neuron_gradient", "last_channel", "gradcam_layer", "scorecam", "feature", "neuron",
+                    "deepdream", "dataset_examples", "bad_channel")}
+LAYOUT |= {("swin", "last_channel"), ("swin", "deepdream")}
+# (arch, method) -> why the cell fails today, for cells whose fix lies outside this table's reach
+UNFOLDED = ("MobileViT's attention runs over unfolded patches, (B * 4, N, C): the rollout crashes on "
+            "it with a RuntimeError where it should refuse it with a FastvizError")
+KNOWN = {("mobilevit_xxs", "attention_rollout"): UNFOLDED, ("mobilevit_xxs", "transformer_attribution"): UNFOLDED}
 
 FAST_ARCHS = {"resnet18", "vit_tiny", "swin"}
 SLOW_METHODS = {"scorecam", "randomization_check", "embed", "class_model"}
@@ -224,6 +231,8 @@ METHODS = {
     "deconvnet": (lambda m, a, x: fv.deconvnet(m, x, 1), B_3HW),
     "input_x_gradient": (lambda m, a, x: fv.input_x_gradient(m, x), B_3HW),
     "neuron_gradient": (lambda m, a, x: fv.neuron_gradient(m, x, fv.Neuron(a.layer, 1)), B_3HW),
+    # the layer's last channel: a token layer is read with its embedding as the channels
+    "last_channel": (lambda m, a, x: fv.neuron_gradient(m, x, fv.Neuron(a.layer, a.channels - 1)), B_3HW),
     "gradcam": (lambda m, a, x: fv.gradcam(m, x), B_HW),
     "gradcam_layer": (lambda m, a, x: fv.gradcam(m, x, layer=a.layer), B_HW),
     "guided_gradcam": (lambda m, a, x: fv.guided_gradcam(m, x, [1, 2]), B_3HW),
@@ -302,6 +311,7 @@ def _marks(arch: str, method: str) -> list:
 CELLS = [pytest.param(a, m, id=f"{a}-{m}", marks=_marks(a, m)) for a in COLUMNS for m in METHODS]
 
 
+@pytest.mark.filterwarnings("error:.*has no activation module")  # guided = plain gradient, silently
 @pytest.mark.parametrize("arch,method", CELLS)
 def test_cell(zoo, snapshot, arch, method):
     a, code = ARCHS[arch], EXPECT[(arch, method)]
