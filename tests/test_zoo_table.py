@@ -72,9 +72,10 @@ REASONS = {
     "fx": r"cannot trace ByobNet with torch.fx",
     "sub": r"computes sub \(sub in stages\.0\.blocks\.0\.token_mixer .*which no LRP rule covers",  # x - pool(x)
     "lnm": r"has no LRP rule.*AttnLRP",
-    "bad_t": r"target",
+    "bad_t": r"target: class index 10 is out of range for 10 classes",
     "bad_l": r"layer: no module named 'nope'",
-    "bad_c": r"channels?",
+    # the channel count the layer is read with: a token layer's embedding width, never its tokens
+    "bad_c": r"channels: '{layer}' has {channels} channels, got 100000",
 }
 
 COLUMNS = list(ARCHS)
@@ -297,18 +298,16 @@ def _assert_same_values(net: torch.nn.Module, before: dict):
     assert not changed, f"model changed: state_dict values {changed[:5]}"
 
 
-def _marks(arch: str, method: str) -> list:
-    marks = []
-    if arch not in FAST_ARCHS or method in SLOW_METHODS:
-        marks.append(pytest.mark.slow)
+def _pending(arch: str, method: str) -> str | None:
+    """Why a cell is expected to fail today (an expected failure, not strict), or None."""
     if (arch, method) in KNOWN:
-        marks.append(pytest.mark.xfail(strict=False, reason=KNOWN[(arch, method)]))
-    elif (arch, method) in LAYOUT:
-        marks.append(pytest.mark.xfail(strict=False, reason="layout room"))
-    return marks
+        return KNOWN[(arch, method)]
+    return "layout room" if (arch, method) in LAYOUT else None
 
 
-CELLS = [pytest.param(a, m, id=f"{a}-{m}", marks=_marks(a, m)) for a in COLUMNS for m in METHODS]
+CELLS = [pytest.param(a, m, id=f"{a}-{m}",
+                      marks=[pytest.mark.slow] if a not in FAST_ARCHS or m in SLOW_METHODS else [])
+         for a in COLUMNS for m in METHODS]
 
 
 @pytest.mark.filterwarnings("error:.*has no activation module")  # guided = plain gradient, silently
@@ -319,15 +318,24 @@ def test_cell(zoo, snapshot, arch, method):
     x = _images(a)
     call, check = METHODS[method]
     snap, values = snapshot(model.module), _values(model.module)
-    if code == "ok":
-        _check_returns(call(model, a, x), check, a, x)
-    else:
-        with pytest.raises(fv.FastvizError) as err:
-            call(model, a, x)
-        assert re.search(REASONS[code], str(err.value)), f"{code}: {err.value}"
+    failed = None
+    try:
+        if code == "ok":
+            _check_returns(call(model, a, x), check, a, x)
+        else:
+            with pytest.raises(fv.FastvizError) as err:
+                call(model, a, x)
+            reason = REASONS[code].format(layer=re.escape(a.layer), channels=a.channels)
+            assert re.search(reason, str(err.value)), f"{code}: {err.value}"
+    except Exception as e:  # a pending cell may fail; the network must come back all the same
+        failed = e
     snap.assert_unchanged()
     _assert_same_values(model.module, values)
     assert model.module.training  # started in training mode, comes back in it
+    if failed is not None:
+        if _pending(arch, method):
+            pytest.xfail(f"{_pending(arch, method)}: {type(failed).__name__}: {str(failed)[:200]}")
+        raise failed
 
 
 def _cam_marks(arch: str) -> list:
