@@ -150,7 +150,7 @@ CAM_LAYER = {
 LAYOUT = {(a, m) for a in ("vit_tiny", "deit_tiny_distilled", "vit_tiny_reg4", "levit_128s")
           for m in ("neuron_gradient", "last_channel", "gradcam_layer", "scorecam", "feature", "neuron",
                     "deepdream", "dataset_examples", "bad_channel")}
-LAYOUT |= {("swin", "last_channel"), ("swin", "deepdream")}
+LAYOUT |= {("swin", "last_channel"), ("swin", "bad_channel"), ("swin", "deepdream")}  # (B, H, W, C) read as (B, C, h, w) today
 # (arch, method) -> why the cell fails today, for cells whose fix lies outside this table's reach
 UNFOLDED = ("MobileViT's attention runs over unfolded patches, (B * 4, N, C): the rollout crashes on "
             "it with a RuntimeError where it should refuse it with a FastvizError")
