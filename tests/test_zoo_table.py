@@ -238,8 +238,9 @@ METHODS = {
     "gradcam_layer": (lambda m, a, x: fv.gradcam(m, x, layer=a.layer), B_HW),
     "guided_gradcam": (lambda m, a, x: fv.guided_gradcam(m, x, [1, 2]), B_3HW),
     "layercam": (lambda m, a, x: fv.layercam(m, x), B_HW),
-    # Score-CAM runs one forward per channel: on the mid layer, fewer channels than the last
-    "scorecam": (lambda m, a, x: fv.scorecam(m, x, layer=a.layer, batch_size=64), B_HW),
+    # Score-CAM runs one forward per channel and image: one image, the mid layer (fewer channels)
+    "scorecam": (lambda m, a, x: fv.scorecam(m, x[:1], layer=a.layer, batch_size=64),
+                 lambda out, a, x: B_HW(out, a, x[:1])),
     "smoothgrad": (lambda m, a, x: fv.smoothgrad(m, x, n=2), B_HW),
     "integrated_gradients": (lambda m, a, x: fv.integrated_gradients(m, x, points=3),
                              lambda out, a, x: B_3HW(out.attributions, a, x)),
