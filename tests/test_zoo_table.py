@@ -291,16 +291,28 @@ def _check_returns(out, check, a, x):
 
 
 # -- the model-unchanged check, beyond conftest's Snapshot -----------------------------------
+def _hook_counts(net: torch.nn.Module) -> list:
+    """Every hook dict of every module (forward, backward, state_dict, ...) and torch's global ones."""
+    from torch.nn.modules import module as torch_module
+
+    local = [(n, k, len(v)) for n, m in net.named_modules() for k, v in vars(m).items()
+             if k.endswith("hooks") and isinstance(v, dict)]
+    return local + [(k, len(v)) for k, v in vars(torch_module).items()
+                    if k.startswith("_global") and k.endswith("hooks") and isinstance(v, dict)]
+
+
 def _values(net: torch.nn.Module) -> dict:
     return {
         "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
         "fused_attn": [(n, m.fused_attn) for n, m in net.named_modules() if hasattr(m, "fused_attn")],
+        "hooks": _hook_counts(net),
     }
 
 
 def _assert_same_values(net: torch.nn.Module, before: dict):
     now = _values(net)
     assert now["fused_attn"] == before["fused_attn"], "model changed: fused_attn"
+    assert now["hooks"] == before["hooks"], "model changed: hooks"
     assert now["state"].keys() == before["state"].keys(), "model changed: state_dict keys"
     changed = [k for k, v in now["state"].items() if not torch.equal(v, before["state"][k])]
     assert not changed, f"model changed: state_dict values {changed[:5]}"
