@@ -85,6 +85,7 @@ TABLE = """
 method                    res   effb0 mnv3  cnx   reg   dense vit   deit  reg4  swin  levit mvit  fvit  eform
 predict                   ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 saliency                  ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
+saliency_lower            ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 guided_backprop           ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 deconvnet                 ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 input_x_gradient          ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
@@ -101,6 +102,7 @@ lrp                       ok    ok    ok    ln    ok    ok    ln    ln    ln    
 attention_rollout         att   att   att   att   att   att   ok    ok    ok    win   att   unf   att   att
 transformer_attribution   att   att   att   att   att   att   ok    ok    ok    win   att   unf   att   att
 class_model               ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
+class_model_large         ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 feature                   ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 neuron                    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 deepdream                 ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
@@ -164,7 +166,7 @@ UNFOLDED = ("MobileViT's attention runs over unfolded patches, (B * 4, N, C): th
 KNOWN = {("mobilevit_xxs", "attention_rollout"): UNFOLDED, ("mobilevit_xxs", "transformer_attribution"): UNFOLDED}
 
 FAST_ARCHS = {"resnet18", "vit_tiny", "swin"}
-SLOW_METHODS = {"scorecam", "randomization_check", "embed", "class_model"}
+SLOW_METHODS = {"scorecam", "randomization_check", "embed", "class_model", "class_model_large"}
 
 
 # -- building the networks once ---------------------------------------------------------------
@@ -235,6 +237,7 @@ def _examples(out, a, x):
 METHODS = {
     "predict": (lambda m, a, x: fv.predict(m, x, k=3), _predict),
     "saliency": (lambda m, a, x: fv.saliency(m, x), B_HW),
+    "saliency_lower": (lambda m, a, x: fv.saliency(m, x, lower=True), B_HW),  # the lowered copy of the network
     "guided_backprop": (lambda m, a, x: fv.guided_backprop(m, x), B_3HW),
     "deconvnet": (lambda m, a, x: fv.deconvnet(m, x, 1), B_3HW),
     "input_x_gradient": (lambda m, a, x: fv.input_x_gradient(m, x), B_3HW),
@@ -255,6 +258,9 @@ METHODS = {
     "attention_rollout": (lambda m, a, x: fv.attention_rollout(m, x), B_HW),
     "transformer_attribution": (lambda m, a, x: fv.transformer_attribution(m, x, 3), B_HW),
     "class_model": (lambda m, a, x: fv.class_model(m, [1, 2], steps=2), _render),
+    # a picture twice the input's side, seen in crops resized to the input (fixed-size models too)
+    "class_model_large": (lambda m, a, x: fv.class_model(m, [1], steps=2, size=2 * a.size),
+                          lambda out, a, x: _render(out, a, x) or out.images.shape[-1] == 2 * a.size),
     "feature": (lambda m, a, x: fv.feature(m, a.layer, [0, 1], steps=2), _render),
     "neuron": (lambda m, a, x: fv.neuron(m, fv.Neuron(a.layer, 1), steps=2), _render),
     "deepdream": (lambda m, a, x: fv.deepdream(m, x[:1], a.layer, octaves=2, steps_per_octave=2), _photo_render),
