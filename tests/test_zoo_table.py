@@ -18,6 +18,7 @@ small Swin; the cheap methods); the rest is `slow`. docs/any_model.md shows the 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import pytest
@@ -362,6 +363,8 @@ def test_cell(zoo, snapshot, arch, method):
         if _pending(arch, method):
             pytest.xfail(f"{_pending(arch, method)}: {type(failed).__name__}: {str(failed)[:200]}")
         raise failed
+    if _pending(arch, method):  # fixed: the cell can leave LAYOUT / KNOWN and hold from now on
+        warnings.warn(f"{arch}-{method} passes: take it out of the pending cells")
 
 
 def _cam_marks(arch: str) -> list:
