@@ -183,6 +183,7 @@ class _Zoo:
             a = ARCHS[key]
             torch.manual_seed(0)
             net = timm.create_model(a.timm_name, pretrained=False, num_classes=10,
+                                    # the cfg keeps 224 when img_size shrinks the network: say what it takes
                                     pretrained_cfg_overlay=dict(input_size=(3, a.size, a.size)), **a.kwargs)
             net.train()
             next(iter(net.parameters())).requires_grad_(False)  # restored as it was, not as True
