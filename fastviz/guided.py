@@ -17,9 +17,10 @@ hooks `DeconvReLU`, which takes the module's input and output and sends the clam
 straight to the input, so the module's own backward (and its mask) never runs. It needs
 `session(..., no_inplace=True)`: an inplace activation overwrites the input it would route to.
 
-Every element-wise activation module takes part (`GUIDED_MODULES`): on GELU, SiLU, Hardswish,
-ELU, ... guided backprop passes only positive incoming gradients at each of them, and deconvnet
-sends relu(incoming gradient) to each one's input; a network with none of them is warned about.
+Every element-wise activation module takes part (`GUIDED_MODULES`, and timm's own activation
+modules, `TIMM_ACTIVATIONS`): on GELU, SiLU, Hardswish, ELU, ... guided backprop passes only
+positive incoming gradients at each of them, and deconvnet sends relu(incoming gradient) to each
+one's input; a network with none of them is warned about.
 
 Not covered: activations applied functionally inside a `forward` (`F.relu`, `torch.relu`,
 `x.clamp(min=0)`), which no module hook can see. torchvision's DenseNet applies `F.relu` after
@@ -39,6 +40,20 @@ from .hooks import Session
 # dip below zero, so there the map is "positive gradients at every non-linearity", not a mask).
 GUIDED_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
                   nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Softplus)
+# timm's own activation modules are not subclasses of torch's (ConvNeXt's GELU is
+# timm.layers.activations.GELU; the *Me ones are memory-efficient autograd Functions): without
+# them a ConvNeXt's guided map would be its plain gradient. Matched by module and class name, so
+# timm, an optional extra, is never imported here. Gates (Sigmoid, HardSigmoid) and Tanh are not
+# rectifiers and stay out, as torch's do.
+TIMM_ACTIVATIONS = frozenset({"GELU", "GELUTanh", "QuickGELU", "Swish", "SwishMe", "Mish", "MishMe",
+                              "HardSwish", "HardSwishMe", "HardMish", "HardMishMe", "PReLU"})
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Whether guided backprop and deconvnet route their gradient through `module`."""
+    kind = type(module)
+    return isinstance(module, GUIDED_MODULES) or (
+        kind.__module__.startswith("timm.layers.activations") and kind.__name__ in TIMM_ACTIVATIONS)
 
 
 class GuidedReLU(torch.autograd.Function):
@@ -74,7 +89,7 @@ def guided(session: Session) -> int:
 
 def _hook_activations(session: Session, hook) -> int:
     """Add `hook` as a forward hook of every activation module for the session; how many."""
-    modules = [m for m in session.model.module.modules() if isinstance(m, GUIDED_MODULES)]
+    modules = [m for m in session.model.module.modules() if is_activation(m)]
     for module in modules:
         session.add_forward_hook(module, hook)
     return len(modules)

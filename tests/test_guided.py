@@ -66,3 +66,31 @@ def test_guided_backprop_on_silu_and_gelu_passes_positive_gradients_only():
         torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
         if deriv is not None:  # the activation's own derivative is what multiplied
             torch.testing.assert_close(down, deriv(zd.detach()) * up.clamp(min=0), rtol=1e-5, atol=1e-7)
+
+
+def test_timms_own_activation_modules_are_guided():
+    """timm's GELU (ConvNeXt's) is not an nn.GELU: it is guided all the same, and the map is the
+    one torch's GELU gives on the same weights, never the plain gradient under a guided name."""
+    import warnings
+
+    import pytest
+
+    timm_act = pytest.importorskip("timm.layers.activations")
+    from fastviz.guided import is_activation
+
+    assert is_activation(timm_act.GELU()) and is_activation(timm_act.Swish()) and is_activation(nn.GELU())
+    assert not is_activation(timm_act.Sigmoid()) and not is_activation(nn.Sigmoid())  # gates are not rectifiers
+
+    def net(act):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, nn.Conv2d(4, 1, 3, padding=1),
+                             nn.Flatten(), nn.Linear(64, 1)).eval()
+
+    x = torch.rand(1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "has no activation module" would be raised here
+        got = fv.guided_backprop(net(timm_act.GELU()), x, 0)
+        deconv = fv.deconvnet(net(timm_act.GELU()), x, 0)
+    torch.testing.assert_close(got, fv.guided_backprop(net(nn.GELU()), x, 0))
+    torch.testing.assert_close(deconv, fv.deconvnet(net(nn.GELU()), x, 0))
+    assert (got - fv.gradient(net(timm_act.GELU()), x, 0)[0]).abs().max() > 1e-4
