@@ -160,7 +160,7 @@ CALLS += [
         tempfile.mkdtemp())),
 ]
 BAD_CALLS += [
-    ("dataset_examples layer", lambda m: fv.dataset_examples(m, X, layer="fc")),
+    ("dataset_examples layer", lambda m: fv.dataset_examples(m, X, layer="no.such.layer")),
     ("dataset_examples channels", lambda m: fv.dataset_examples(m, X, layer="features.3", channels=[8])),
 ]
 

@@ -155,12 +155,6 @@ CAM_LAYER = {
     "fastvit_t8": "head.global_pool.pool",
 }
 
-# Cells that need token layers laid out as (B, C, h, w) (ViT, DeiT, LeViT tokens, Swin's
-# (B, H, W, C)) or DeepDream's octaves resized to a fixed-size model's input.
-LAYOUT = {(a, m) for a in ("vit_tiny", "deit_tiny_distilled", "vit_tiny_reg4", "levit_128s")
-          for m in ("neuron_gradient", "last_channel", "gradcam_layer", "scorecam", "feature", "neuron",
-                    "deepdream", "dataset_examples", "bad_channel")}
-LAYOUT |= {("swin", "last_channel"), ("swin", "bad_channel"), ("swin", "deepdream")}  # (B, H, W, C) read as (B, C, h, w) today
 # (arch, method) -> why the cell fails today, for cells whose fix lies outside this table's reach
 UNFOLDED = ("MobileViT's attention runs over unfolded patches, (B * 4, N, C): the rollout crashes on "
             "it with a RuntimeError where it should refuse it with a FastvizError")
@@ -330,7 +324,7 @@ def _pending(arch: str, method: str) -> str | None:
     """Why a cell is expected to fail today (an expected failure, not strict), or None."""
     if (arch, method) in KNOWN:
         return KNOWN[(arch, method)]
-    return "layout room" if (arch, method) in LAYOUT else None
+    return None
 
 
 CELLS = [pytest.param(a, m, id=f"{a}-{m}",
@@ -364,15 +358,12 @@ def test_cell(zoo, snapshot, arch, method):
         if _pending(arch, method):
             pytest.xfail(f"{_pending(arch, method)}: {type(failed).__name__}: {str(failed)[:200]}")
         raise failed
-    if _pending(arch, method):  # fixed: the cell can leave LAYOUT / KNOWN and hold from now on
-        warnings.warn(f"{arch}-{method} passes: take it out of the pending cells")
+    if _pending(arch, method):  # fixed: the cell can leave KNOWN and hold from now on
+        warnings.warn(f"{arch}-{method} passes: take it out of KNOWN")
 
 
 def _cam_marks(arch: str) -> list:
-    marks = [] if arch in FAST_ARCHS else [pytest.mark.slow]
-    if arch in ("vit_tiny", "deit_tiny_distilled", "vit_tiny_reg4", "swin"):
-        marks.append(pytest.mark.xfail(strict=False, reason="layout room"))
-    return marks
+    return [] if arch in FAST_ARCHS else [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=_cam_marks(a)) for a in CAM_LAYER])
