@@ -83,12 +83,17 @@ def fixed_size(m) -> bool:
     if getattr(getattr(net, "patch_embed", None), "strict_img_size", False):
         return True
     h, w = m.input_size
-    try:
-        with session(m), torch.no_grad():
-            net(torch.zeros(1, m.channels or 3, h + 32, w + 32, device=m.device))
-    except Exception:  # whatever the network raises at another size (an assert, a shape error)
+
+    def runs(side_h: int, side_w: int) -> bool:
+        try:
+            with session(m), torch.no_grad():
+                net(torch.zeros(1, m.channels or 3, side_h, side_w, device=m.device))
+        except Exception:  # whatever the network raises at a size it does not take
+            return False
         return True
-    return False
+    # built for another size than its cfg says (LeViT with img_size=...): which one is not
+    # known here, so nothing is resized (give Model(..., input_size=, fixed_size=True))
+    return runs(h, w) and not runs(h + 32, w + 32)
 
 
 def load_timm(name: str, weights):

@@ -238,7 +238,6 @@ def test_bad_input_names_the_argument(tmp_path):
         (dict(data=tmp_path / "empty", layer="features.3"), "holds no image files"),
         (dict(data=tmp_path / "nowhere", layer="features.3"), "data: no such file"),
         (dict(data=42, layer="features.3"), "data: expected a folder"),
-        (dict(data=x, layer="fc"), "layer: 'fc' gives shape"),
         (dict(data=x, layer="features.9"), "layer: no module named"),
         (dict(data=x, layer="features.3", channels=[8]), "channels: .*8 is out of range"),
         (dict(data=x, layer="features.3", k=0), "k: expected"),
