@@ -29,11 +29,12 @@ def prepare(model, x, name: str = "x") -> tuple[Model, torch.Tensor]:
     (`fastviz.budget.profile`: one image through the network once per shape, cached).
 
     Returns:
-        (Model, (B, C, H, W) float32 images on the model's device).
+        (Model, (B, C, H, W) images on the model's device, float32, or float64 for a float64
+        network: `Model.dtype`).
     """
     m = as_model(model)
-    x = check_images(x, m.channels, name, check_range=m.mean is not None)
-    x = x.to(m.device, torch.float32)
+    x = check_images(x, m.channels, name, check_range=m.mean is not None, dtype=m.dtype)
+    x = x.to(m.device, m.dtype)
     budget.profile(m, x, name)
     return m, x
 

@@ -235,10 +235,11 @@ def load_images(paths: PathLike | Sequence[PathLike] | torch.Tensor, size: int |
     return out
 
 
-def check_images(x, channels: int | None = None, name: str = "x", check_range: bool = False) -> torch.Tensor:
+def check_images(x, channels: int | None = None, name: str = "x", check_range: bool = False,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Validate an image batch -> (B, C, H, W) float: `fastviz.checks.images` (conversion rules there).
 
     Raises:
         FastvizError: not a tensor, wrong rank, wrong channel count, empty, too large, not finite.
     """
-    return checks.images(x, channels, name, check_range=check_range)
+    return checks.images(x, channels, name, check_range=check_range, dtype=dtype)

@@ -164,6 +164,15 @@ class Model:
             return b.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype images are given to the network in: float64 for a float64 network (to check
+        a method against a reference without float32 rounding), float32 otherwise."""
+        for p in self.module.parameters():
+            if p.is_floating_point():
+                return torch.float64 if p.dtype == torch.float64 else torch.float32
+        return torch.float32
+
     def to(self, device) -> "Model":
         """Move the wrapped network (in place, as nn.Module.to does) and return self."""
         self.module.to(checks.device(device))

@@ -97,6 +97,10 @@ def _job(m: Model, rows, *, steps, seed, batch_size, device, size=None, init="ze
     Raises:
         FastvizError: any argument out of range; the message names it.
     """
+    if m.dtype != torch.float32:  # the loop's parameterisations, kernels and graphs are float32
+        raise FastvizError(f"model: synthesis runs in float32 and this network's weights are {m.dtype}; "
+                           f"pass a float32 copy (copy.deepcopy(net).float()). Attribution methods "
+                           f"run in float64 as they are.")
     rows = checks.positive_int(rows, "rows", 10 ** 7)
     batch_name = "rows (batch_size None: all at once)" if batch_size is None else "batch_size"
     batch_size = positive_int(rows if batch_size is None else batch_size, "batch_size")
