@@ -175,6 +175,10 @@ def on_device(model: Model, device) -> Iterator[torch.device]:
             m._buffers.update(buffers)
 
 
+# Module flags that make a forward checkpoint itself (timm, torchvision's DenseNet).
+CHECKPOINT_FLAGS = ("grad_checkpointing", "memory_efficient")
+
+
 @contextlib.contextmanager
 def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
             no_inplace: bool = False, unfused_attention: bool = False) -> Iterator[Session]:
@@ -189,8 +193,13 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
         unfused_attention: set `fused_attn=False` on attention modules that have the flag
             (timm's), so that they compute their attention probabilities where a hook sees them.
 
-    On exit (normal or not): hooks removed, `training`, `requires_grad`, `inplace` and
-    `fused_attn` restored on the same module objects.
+    Gradient checkpointing (timm's `grad_checkpointing`, torchvision DenseNet's
+    `memory_efficient`) is always switched off for the call: it recomputes a block's forward
+    during the backward, so the hooks would run twice and a layer swapped for a leaf (the CAMs)
+    would not be the one recomputed.
+
+    On exit (normal or not): hooks removed, `training`, `requires_grad`, `inplace`,
+    `fused_attn` and the checkpointing flags restored on the same module objects.
     """
     net = model.module
     modules = list(net.modules())
@@ -199,6 +208,8 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
     requires_grad = [p.requires_grad for p in params]
     inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
     fused = [(m, m.fused_attn) for m in modules if isinstance(getattr(m, "fused_attn", None), bool)]
+    checkpointing = [(m, flag, getattr(m, flag)) for m in modules for flag in CHECKPOINT_FLAGS
+                     if isinstance(getattr(m, flag, None), bool)]
     s = Session(model)
     try:
         if eval_mode:
@@ -212,6 +223,8 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
         if unfused_attention:
             for m, _ in fused:
                 m.fused_attn = False
+        for m, flag, _ in checkpointing:
+            setattr(m, flag, False)
         yield s
     finally:
         s.remove_hooks()
@@ -223,3 +236,5 @@ def session(model: Model, *, freeze: bool = True, eval_mode: bool = True,
             m.inplace = v
         for m, v in fused:
             m.fused_attn = v
+        for m, flag, v in checkpointing:
+            setattr(m, flag, v)
