@@ -17,6 +17,16 @@ the stem, so it cannot be named), and the input of `features.norm5` for DenseNet
 ReLU is functional). `default_layer` returns that module's name; an explicit `layer` names a
 module whose *output* is used. A signed (pre-activation) map makes Score-CAM degenerate: its
 weights are positive probabilities, so a mostly negative map sums to zero after the ReLU.
+
+On a transformer the map is a layer's *output*, laid out on the patch grid (`fastviz.layout`),
+taken before the CNN rule, in this order:
+1. the last `norm1` (a block's first norm) that runs once and gives tokens or a channels-last
+   map larger than 1x1: `blocks.11.norm1` for ViT and DeiT (class token dropped),
+   `layers[-1].blocks[-1].norm1` for Swin, as pytorch-grad-cam's documentation puts it;
+2. else the last block (a module numbered in its container) to finish that gives tokens on a
+   grid larger than 1x1: the last token stage's output, `stages.2` for LeViT at 224 (at 64
+   pixels, where stage 2 is 1x1, `stages.1`). Without it LeViT's default fell on its last MLP
+   branch before the residual sum, or inside a downsampling attention.
 """
 
 from __future__ import annotations
@@ -96,6 +106,7 @@ def _find_default(m: Model, x: torch.Tensor) -> tuple[str, bool]:
     calls: dict[str, int] = {}
     took_map: list[str] = []   # modules whose input is a map with h x w > 1, in call order
     norm1: list[str] = []      # transformer blocks' first norms giving tokens / channels-last maps
+    blocks: list[str] = []     # numbered modules giving tokens, in the order they finish
     with session(m) as s:
         def spatial(name, t) -> "Layout | None":
             try:
@@ -114,16 +125,22 @@ def _find_default(m: Model, x: torch.Tensor) -> tuple[str, bool]:
         def after(mod, _args, out):
             name = names[mod]
             lay = spatial(name, out) if isinstance(out, torch.Tensor) else None
-            if lay is not None and lay.form in ("tokens", "nhwc"):
+            if lay is not None and lay.form in ("tokens", "nhwc") and name.endswith("norm1"):
                 norm1.append(name)
+            if lay is not None and lay.form == "tokens" and name.rsplit(".", 1)[-1].isdigit():
+                blocks.append(name)
 
         with contextlib.ExitStack() as hooks, torch.no_grad():
             for mod, name in names.items():
                 hooks.enter_context(s.hook(mod, before, "pre"))
-                if name.rsplit(".", 1)[-1] == "norm1":
+                last = name.rsplit(".", 1)[-1]
+                if last == "norm1" or last.isdigit():
                     hooks.enter_context(s.hook(mod, after))
             m(x[:1])
     for name in reversed(norm1):
+        if calls[name] == 1:
+            return name, False
+    for name in reversed(blocks):
         if calls[name] == 1:
             return name, False
     for name in reversed(took_map):

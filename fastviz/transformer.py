@@ -37,7 +37,9 @@ def _attention_modules(m) -> list:
                            f"needs global attention over every token (ViT, DeiT)")
     if not mods:
         raise FastvizError(f"model: {m.name} has no attention module fastviz can read (timm's "
-                           f"Attention, as in ViT and DeiT); for a CNN use gradcam or lrp")
+                           f"Attention with its fused_attn flag, as in ViT and DeiT): a CNN, or a "
+                           f"network whose attention or token mixing is its own (LeViT, "
+                           f"EfficientFormer, FastViT...); gradcam and integrated_gradients read any network")
     return mods
 
 
@@ -71,7 +73,25 @@ def _attentions(m, mods, x, target, with_grad: bool):
             grads = torch.autograd.grad(score.sum(), probs) if with_grad else [None] * len(probs)
     if len(probs) != len(mods):
         raise FastvizError(f"model: {len(mods)} attention modules ran {len(probs)} times in one forward")
+    _check_global(m, mods, probs, x.shape[0])
     return [p.detach() for p in probs], [None if g is None else g.detach() for g in grads], used
+
+
+def _check_global(m, mods, probs, batch: int) -> None:
+    """Refuse attention that is not one (B, heads, N, N) map over the same N tokens in every
+    block: MobileViT attends within unfolded patches ((B * pixels per patch, heads, N, N)),
+    and a rollout multiplies the blocks' maps together."""
+    names = {mod: name for name, mod in m.module.named_modules()}
+    n = probs[0].shape[-1]
+    for mod, p in zip(mods, probs):
+        if p.dim() != 4 or p.shape[0] != batch or p.shape[-2:] != (n, n):
+            why = (f"its first dimension is not the batch of {batch} (attention within unfolded "
+                   f"patches or windows, as in MobileViT)" if p.dim() == 4 and p.shape[0] != batch
+                   else f"the blocks attend over different token counts (first: {n})")
+            raise FastvizError(f"model: {m.name}'s attention in '{names.get(mod, '?')}' gives "
+                               f"probabilities of shape {tuple(p.shape)}; a rollout needs global "
+                               f"attention, (B, heads, N, N) over the same N tokens in every block, "
+                               f"and {why}")
 
 
 def _to_map(m, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

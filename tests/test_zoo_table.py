@@ -65,9 +65,11 @@ ARCHS = {
 
 # Refusal codes: the reason a method is not defined for a network, as its message says it.
 REASONS = {
-    "att": r"has no attention module fastviz can read",
+    "att": r"has no attention module fastviz can read .*gradcam and integrated_gradients read any network",
     "win": r"uses windowed attention \(WindowAttention\); attention rollout needs global attention",
-    "unf": r"model: mobilevit_xxs .*attention",  # attention within unfolded patches, not over the image
+    # attention within unfolded patches, not over the image
+    "unf": r"model: mobilevit_xxs's attention in 'stages\.2\.1\.transformer\.0\.attn' gives probabilities of "
+           r"shape \(8, 4, 16, 16\).*its first dimension is not the batch of 2",
     "ln": r"layer_norm .*AttnLRP",
     "mm": r"matmul .*AttnLRP",
     "fx": r"cannot trace ByobNet with torch.fx",
@@ -139,7 +141,8 @@ def _parse(table: str) -> dict[tuple[str, str], str]:
 EXPECT = _parse(TABLE)
 
 # The default CAM layer (`fv.cam.default_layer`): the input of the global pooling for a CNN,
-# the last block's first norm for a ViT and a Swin (pytorch-grad-cam's convention for them).
+# the last block's first norm for a ViT and a Swin (pytorch-grad-cam's convention for them), the
+# last token stage for LeViT.
 CAM_LAYER = {
     "resnet18": "global_pool.pool",
     "efficientnet_b0": "global_pool.pool",
@@ -151,14 +154,14 @@ CAM_LAYER = {
     "deit_tiny_distilled": "blocks.11.norm1",
     "vit_tiny_reg4": "blocks.11.norm1",
     "swin": "layers.3.blocks.0.norm1",
+    "levit_128s": "stages.1",  # the last token stage larger than 1x1 (stage 2 is 1x1 at 64 pixels)
     "mobilevit_xxs": "head.global_pool.pool",
     "fastvit_t8": "head.global_pool.pool",
+    "efficientformer_l1": "stages.3.blocks.4.norm1",
 }
 
 # (arch, method) -> why the cell fails today, for cells whose fix lies outside this table's reach
-UNFOLDED = ("MobileViT's attention runs over unfolded patches, (B * 4, N, C): the rollout crashes on "
-            "it with a RuntimeError where it should refuse it with a FastvizError")
-KNOWN = {("mobilevit_xxs", "attention_rollout"): UNFOLDED, ("mobilevit_xxs", "transformer_attribution"): UNFOLDED}
+KNOWN: dict[tuple[str, str], str] = {}
 
 FAST_ARCHS = {"resnet18", "vit_tiny", "swin"}
 SLOW_METHODS = {"scorecam", "randomization_check", "embed", "class_model", "class_model_large"}
