@@ -143,7 +143,9 @@ def _parse(table: str) -> dict[tuple[str, str], str]:
 EXPECT = _parse(TABLE)
 
 # The default CAM layer (`fv.cam.default_layer`): the input of the global pooling for a CNN,
-# the last block's first norm for a ViT and a Swin (pytorch-grad-cam's convention for them).
+# the last block's first norm for a ViT, a Swin and EfficientFormer (pytorch-grad-cam's
+# convention for them), the deepest stage with more than one position for LeViT (its head
+# averages the tokens in its forward; at 64 px its last stage is 1x1).
 CAM_LAYER = {
     "resnet18": "global_pool.pool",
     "efficientnet_b0": "global_pool.pool",
@@ -156,7 +158,9 @@ CAM_LAYER = {
     "vit_tiny_reg4": "blocks.11.norm1",
     "swin": "layers.3.blocks.0.norm1",
     "mobilevit_xxs": "head.global_pool.pool",
+    "levit_128s": "stages.1",
     "fastvit_t8": "head.global_pool.pool",
+    "efficientformer_l1": "stages.3.blocks.4.norm1",
 }
 
 # (arch, method) -> why the cell fails today, for cells whose fix lies outside this table's reach
