@@ -10,10 +10,16 @@ over the patch tokens after the model's prefix tokens (class, distillation, regi
 timm's `num_prefix_tokens`), laid out on the patch grid and resized to the image.
 
 Global attention only (ViT, DeiT, BEiT-like blocks): windowed attention (Swin) relates tokens
-within windows that move between blocks, and no rollout through it is defined here.
+within windows that move between blocks, and no rollout through it is defined here. Attention
+over patches unfolded into the batch (MobileViT: probabilities (B * 4, heads, N, N), each row a
+set of pixels one per patch, not the image's tokens) is refused where its probabilities are
+captured. Networks whose attention takes its softmax inline (LeViT, EfficientFormer) give no
+module to capture the probabilities at, and are refused with the name of what they have.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -28,19 +34,37 @@ __all__ = ["attention_rollout", "transformer_attribution"]
 
 
 def _attention_modules(m) -> list:
-    mods = [mod for mod in m.module.modules()
+    """The attention modules whose probabilities fastviz captures, as (name, module) in
+    `named_modules` order, or a refusal that says why the network has none."""
+    mods = [(name, mod) for name, mod in m.module.named_modules()
             if isinstance(getattr(mod, "fused_attn", None), bool) and hasattr(mod, "attn_drop")
             and hasattr(mod, "num_heads")]
-    windowed = [type(mod).__name__ for mod in mods if "Window" in type(mod).__name__]
+    windowed = [type(mod).__name__ for _, mod in mods if "Window" in type(mod).__name__]
     if windowed:
         raise FastvizError(f"model: {m.name} uses windowed attention ({windowed[0]}); attention rollout "
                            f"needs global attention over every token (ViT, DeiT)")
     if not mods:
-        raise FastvizError(f"model: {m.name} has no attention module fastviz can read (timm's "
-                           f"Attention with its fused_attn flag, as in ViT and DeiT): a CNN, or a "
-                           f"network whose attention or token mixing is its own (LeViT, "
-                           f"EfficientFormer, FastViT...); gradcam and integrated_gradients read any network")
+        raise FastvizError(_no_readable_attention(m))
     return mods
+
+
+def _no_readable_attention(m) -> str:
+    """Why a network without timm's ViT `Attention` is refused: it has no attention at all, or
+    attention that computes its probabilities with no module boundary to capture them at
+    (LeViT's and EfficientFormer's `Attention` add a position bias and take the softmax inline)."""
+    other = [(name, type(mod).__name__) for name, mod in m.module.named_modules()
+             if name and re.search("attention|attn", type(mod).__name__, re.IGNORECASE)]
+    if other:
+        name, kind = other[0]
+        more = f", {len(other)} such modules in all" if len(other) > 1 else ""
+        what = (f"its attention modules ({kind} at {name!r}{more}) compute their probabilities inline, "
+                f"with no module at which fastviz could capture them")
+    else:
+        what = "none of its modules is an attention module"
+    return (f"model: {m.name} has no attention module fastviz can read: {what}. Attention rollout and "
+            f"transformer_attribution capture the attention probabilities (B, heads, N, N) of timm's ViT "
+            f"Attention (at its attn_drop: ViT, DeiT, BEiT-like blocks); explain {m.name} with gradcam, "
+            f"layercam or integrated_gradients")
 
 
 def _grid(m, n_tokens: int, x: torch.Tensor) -> tuple[int, int, int]:
@@ -60,12 +84,31 @@ def _grid(m, n_tokens: int, x: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _attentions(m, mods, x, target, with_grad: bool):
-    """Each block's attention (B, heads, N, N), in forward order (`mods`: the attention
-    modules); with its gradient of the target logit when `with_grad`; and the targets used."""
+    """Each block's attention (B, heads, N, N), in forward order (`mods`: the (name, attention
+    module) pairs); with its gradient of the target logit when `with_grad`; and the targets used.
+
+    Raises:
+        FastvizError: attention probabilities whose first dimension is not the batch (attention
+            over patches unfolded into the batch, as MobileViT's: no rollout over the image).
+    """
     probs: list[torch.Tensor] = []
+    batch = x.shape[0]
+
+    def capture(name):
+        def hook(_m, _i, out):
+            if out.shape[0] != batch:
+                raise FastvizError(
+                    f"model: {m.name}: the attention probabilities of {name!r} have shape {tuple(out.shape)} "
+                    f"for a batch of {batch}, and their first dimension is not the batch: this attention "
+                    f"runs over patches unfolded into the batch (as MobileViT's does), not over the image's "
+                    f"tokens, so no rollout to the image is defined; explain {m.name} with gradcam, layercam "
+                    f"or integrated_gradients")
+            probs.append(out)
+        return hook
+
     with session(m, unfused_attention=True) as s:
-        for mod in mods:
-            s.add_forward_hook(mod.attn_drop, lambda _m, _i, out: probs.append(out))
+        for name, mod in mods:
+            s.add_forward_hook(mod.attn_drop, capture(name))
         with torch.set_grad_enabled(with_grad):
             xi = x.detach().requires_grad_(with_grad)
             logits = check_logits(m(xi))
@@ -73,25 +116,7 @@ def _attentions(m, mods, x, target, with_grad: bool):
             grads = torch.autograd.grad(score.sum(), probs) if with_grad else [None] * len(probs)
     if len(probs) != len(mods):
         raise FastvizError(f"model: {len(mods)} attention modules ran {len(probs)} times in one forward")
-    _check_global(m, mods, probs, x.shape[0])
     return [p.detach() for p in probs], [None if g is None else g.detach() for g in grads], used
-
-
-def _check_global(m, mods, probs, batch: int) -> None:
-    """Refuse attention that is not one (B, heads, N, N) map over the same N tokens in every
-    block: MobileViT attends within unfolded patches ((B * pixels per patch, heads, N, N)),
-    and a rollout multiplies the blocks' maps together."""
-    names = {mod: name for name, mod in m.module.named_modules()}
-    n = probs[0].shape[-1]
-    for mod, p in zip(mods, probs):
-        if p.dim() != 4 or p.shape[0] != batch or p.shape[-2:] != (n, n):
-            why = (f"its first dimension is not the batch of {batch} (attention within unfolded "
-                   f"patches or windows, as in MobileViT)" if p.dim() == 4 and p.shape[0] != batch
-                   else f"the blocks attend over different token counts (first: {n})")
-            raise FastvizError(f"model: {m.name}'s attention in '{names.get(mod, '?')}' gives "
-                               f"probabilities of shape {tuple(p.shape)}; a rollout needs global "
-                               f"attention, (B, heads, N, N) over the same N tokens in every block, "
-                               f"and {why}")
 
 
 def _to_map(m, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -173,5 +198,5 @@ def _step(m, mods, x, grad: bool) -> int:
     budget.check_output(kept, x.device, "x", f"{x.shape[0]} maps of {tuple(x.shape[-2:])}")
     patch = getattr(getattr(m.module, "patch_embed", None), "patch_size", None) or (16, 16)
     tokens = int(getattr(m.module, "num_prefix_tokens", 1)) + (x.shape[-2] // patch[0]) * (x.shape[-1] // patch[1])
-    per_row = sum(mod.num_heads for mod in mods) * tokens * tokens * 4 * (2 if grad else 1)
+    per_row = sum(mod.num_heads for _, mod in mods) * tokens * tokens * 4 * (2 if grad else 1)
     return budget.rows(m, x, grad=grad, total=x.shape[0], fixed=kept, per_row_extra=per_row)

@@ -142,6 +142,40 @@ def test_default_layer(lite0, cat_coffee):
     assert default_layer(resnet, torch.rand(1, 3, 64, 64)) == "avgpool"
 
 
+def test_default_layer_of_a_token_network_is_its_last_token_stage():
+    """LeViT's head averages the last stage's tokens in its forward, so no module takes them: the
+    default is the deepest declared stage's output with more than one position, the tensor the
+    head pools (at 64 px the last stage is 1x1 and the stage before it, 2x2, is used)."""
+    timm = pytest.importorskip("timm")
+    for size, kw, expected in ((224, {}, "stages.2"), (64, {"img_size": 64}, "stages.1")):
+        torch.manual_seed(0)
+        net = timm.create_model("levit_128s", pretrained=False, num_classes=10, **kw).eval()
+        m = fv.Model.from_timm(net)
+        x = torch.rand(1, 3, size, size)
+        assert default_layer(m, x) == expected
+        box = {}
+
+        def keep(name):
+            def hook(_m, _i, out):
+                box[name] = out
+            return hook
+
+        handles = [m.layer(n).register_forward_hook(keep(n)) for n in ("stages.1", "stages.2")]
+        try:
+            with torch.no_grad():
+                logits = m(x)
+                pooled = net.forward_head(box["stages.2"])  # the head on the last stage alone: the logits
+        finally:
+            for h in handles:
+                h.remove()
+        torch.testing.assert_close(pooled, logits, rtol=0, atol=0)
+        tokens = {n: box[n].shape[1] for n in box}
+        assert tokens == ({"stages.1": 49, "stages.2": 16} if size == 224 else {"stages.1": 4, "stages.2": 1})
+        cam = gradcam(m, x, 3)
+        torch.testing.assert_close(cam, gradcam(m, x, 3, layer=expected))
+        assert cam.shape == (1, size, size) and torch.isfinite(cam).all()
+
+
 def test_gradcam_layercam_real_equal_loop(lite0, cat_coffee, snapshot):
     snap = snapshot(lite0.module)
     classes = [285, 967]

@@ -1,131 +1,220 @@
-"""fastviz.layout on plain tensors and tiny stand-in modules: every form laid out as (B, C, h, w)
-and back, the choices it makes (prefix tokens, patch grid, aspect, channels last) and its refusals."""
+"""The layout room (fastviz/layout.py) on plain tensors and tiny modules: every form a layer's
+output can take, read as (B, C, h, w) and laid back out, the refusals, and gradients through both
+directions. Expected maps are written index by index, not with the reshape under test."""
+
+from __future__ import annotations
+
+import enum
 
 import pytest
 import torch
 from torch import nn
 
-from fastviz import FastvizError
+import fastviz as fv
 from fastviz.layout import Layout, layout_of
 
-G = torch.Generator().manual_seed(0)
+
+class Net(nn.Module):
+    """A stand-in network carrying only what `layout_of` reads (timm's attribute names)."""
+
+    def __init__(self, **attrs):
+        super().__init__()
+        for k, v in attrs.items():
+            setattr(self, k, v)
 
 
 class PatchEmbed(nn.Module):
-    """What layout reads of timm's PatchEmbed."""
+    """timm's PatchEmbed as `layout_of` sees it: a patch size and the grid at the built size."""
 
-    def __init__(self, patch=8, grid=(4, 4), strict=True):
+    def __init__(self, patch=(8, 8), grid=(4, 4), strict=True):
         super().__init__()
-        self.patch_size, self.grid_size, self.strict_img_size = (patch, patch), grid, strict
+        self.patch_size, self.grid_size, self.strict_img_size = patch, grid, strict
 
 
-class ViTLike(nn.Module):
-    def __init__(self, prefix=1, **kw):
-        super().__init__()
-        self.num_prefix_tokens = prefix
-        self.patch_embed = PatchEmbed(**kw)
+class Fmt(str, enum.Enum):  # timm's `Format` is a str enum: `output_fmt` may be one
+    NCHW = "NCHW"
+    NHWC = "NHWC"
 
 
-class Fmt(nn.Module):
-    def __init__(self, fmt):
-        super().__init__()
-        self.output_fmt = fmt
+def rand(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def test_nchw_is_the_map_itself():
-    t = torch.randn(2, 5, 7, 7, generator=G)
-    lay = layout_of(nn.Module(), nn.Module(), "conv", t, (28, 28), 2)
-    assert lay == Layout("nchw", 5, (7, 7))
-    assert lay.to_map(t) is t and lay.from_map(t, t) is t
+def tokens_by_hand(t: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C) -> (B, C, h, w): patch token k (after the prefix) is at row k // w, column k % w."""
+    B, _, C = t.shape
+    h, w = grid
+    out = torch.empty(B, C, h, w, dtype=t.dtype)
+    for k in range(h * w):
+        out[:, :, k // w, k % w] = t[:, prefix + k, :]
+    return out
 
 
-def test_tokens_after_a_class_token_on_the_patch_grid_and_back():
-    net = ViTLike(prefix=1)
-    t = torch.randn(2, 17, 6, generator=G)
-    lay = layout_of(net, nn.Module(), "blocks.0", t, (32, 32), 2)
-    assert lay == Layout("tokens", 6, (4, 4), 1)
-    a = lay.to_map(t)
+# -- (B, C, h, w) -------------------------------------------------------------------------------
+def test_nchw_is_read_as_it_is():
+    out = rand(2, 8, 4, 4)
+    lay = layout_of(Net(), nn.Identity(), "conv", out, (32, 32), 2)
+    assert lay == Layout("nchw", 8, (4, 4)) and lay.spatial
+    assert lay.to_map(out) is out  # no copy: the layer's own tensor
+    assert lay.from_map(out, out) is out
+    assert lay.describe() == "nchw map of 8 channels on 4x4"
+
+
+# -- (B, N, C) tokens -----------------------------------------------------------------------------
+def test_tokens_after_one_prefix_token_lay_out_on_the_patch_grid_and_back():
+    net = Net(num_prefix_tokens=1, patch_embed=PatchEmbed(patch=(8, 8), grid=(4, 4)))
+    out = rand(2, 1 + 16, 6)
+    lay = layout_of(net, nn.Identity(), "blocks.3", out, (32, 32), 2)
+    assert lay == Layout("tokens", 6, (4, 4), prefix=1)
+    a = lay.to_map(out)
     assert a.shape == (2, 6, 4, 4)
-    # token 1 + 4 * row + col is the patch at (row, col), channel c is the embedding's c
-    assert torch.equal(a[1, 3, 2, 1], t[1, 1 + 4 * 2 + 1, 3])
-    back = lay.from_map(a, t)
-    assert torch.equal(back, t)  # the class token comes from the layer's own output
+    torch.testing.assert_close(a, tokens_by_hand(out, 1, (4, 4)), rtol=0, atol=0)
+    back = lay.from_map(a, out)
+    assert back.shape == out.shape and torch.equal(back, out)  # class token and patches identical
 
 
-def test_a_non_square_image_lays_tokens_on_its_own_grid():
-    net = ViTLike(prefix=1, grid=(4, 4), strict=False)  # built at 32x32, takes other sizes
-    t = torch.randn(1, 1 + 4 * 8, 3, generator=G)
-    lay = layout_of(net, nn.Module(), "blocks.0", t, (32, 64), 1)
-    assert lay.grid == (4, 8)
-    assert torch.equal(lay.to_map(t)[0, :, 3, 7], t[0, -1])
+def test_from_map_keeps_the_prefix_tokens_of_the_original_output():
+    """A CAM swaps a new map in: the patches are the map's, the class token the layer's own."""
+    net = Net(num_prefix_tokens=1)
+    out = rand(2, 17, 6)
+    lay = layout_of(net, nn.Identity(), "blocks.3", out, (32, 32), 2)
+    new = rand(2, 6, 4, 4, seed=1)
+    back = lay.from_map(new, out)
+    assert torch.equal(back[:, :1], out[:, :1])
+    torch.testing.assert_close(back[:, 1:], new.flatten(2).transpose(1, 2), rtol=0, atol=0)
+    assert not torch.equal(back, out)
 
 
-def test_tokens_without_a_patch_embedding_take_the_image_aspect():
-    t = torch.randn(2, 8, 4, generator=G)  # a stage of 8 tokens of a 64 x 128 image: 2 x 4
-    lay = layout_of(nn.Module(), nn.Module(), "stages.1", t, (64, 128), 2)
-    assert lay == Layout("tokens", 4, (2, 4), 0)
+def test_declared_prefix_tokens_are_set_aside_and_none_is_tried_after_them():
+    """The patch embedding's own output has no class token yet: 16 tokens on a 4x4 grid, prefix 0."""
+    net = Net(num_prefix_tokens=1, patch_embed=PatchEmbed(patch=(8, 8), grid=(4, 4)))
+    assert layout_of(net, nn.Identity(), "patch_embed", rand(2, 16, 6), (32, 32), 2).prefix == 0
+    net5 = Net(num_prefix_tokens=5, patch_embed=PatchEmbed(patch=(8, 8), grid=(4, 4)))  # class + 4 registers
+    assert layout_of(net5, nn.Identity(), "blocks.0", rand(2, 21, 6), (32, 32), 2) == Layout("tokens", 6, (4, 4), 5)
 
 
-def test_declared_prefix_tokens_are_tried_then_none():
-    """The patch embedding's own output has no class token yet: 16 tokens, not 1 + 15."""
-    net = ViTLike(prefix=1)
-    t = torch.randn(2, 16, 6, generator=G)
-    assert layout_of(net, nn.Module(), "patch_embed", t, (32, 32), 2) == Layout("tokens", 6, (4, 4), 0)
+@pytest.mark.parametrize("net", [
+    Net(num_prefix_tokens=1, patch_embed=PatchEmbed(patch=(8, 8), grid=(4, 4), strict=False)),  # any size
+    Net(num_prefix_tokens=1),  # no patch embedding: the grid of the image's aspect
+], ids=["patch_grid", "aspect"])
+def test_a_non_square_image_gives_a_non_square_grid(net):
+    """Image 32 x 64, patch 8: 4 rows of 8 patches (not 8 x 4), row by row."""
+    out = rand(2, 1 + 32, 3)
+    lay = layout_of(net, nn.Identity(), "blocks.0", out, (32, 64), 2)
+    assert lay.grid == (4, 8) and lay.prefix == 1
+    torch.testing.assert_close(lay.to_map(out), tokens_by_hand(out, 1, (4, 8)), rtol=0, atol=0)
+    assert torch.equal(lay.from_map(lay.to_map(out), out), out)
 
 
-def test_channels_last_by_the_modules_output_fmt():
-    t = torch.randn(2, 6, 6, 6, generator=G)  # square on every side: only output_fmt can tell
-    assert layout_of(nn.Module(), Fmt("NHWC"), "s", t, (24, 24), 2).form == "nhwc"
-    assert layout_of(nn.Module(), Fmt("NCHW"), "s", t, (24, 24), 2).form == "nchw"
+def test_tokens_on_no_grid_of_the_image_are_refused_naming_what_was_tried():
+    net = Net(num_prefix_tokens=1)
+    with pytest.raises(fv.FastvizError) as err:
+        layout_of(net, nn.Identity(), "blocks.2", rand(2, 14, 3), (32, 64), 2)  # 13 or 14: no 1:2 grid
+    msg = str(err.value)
+    assert "'blocks.2'" in msg and "(2, 14, 3)" in msg and "13 after 1 prefix tokens" in msg
+    assert "14 after 0 prefix tokens" in msg and "no patch embedding" in msg
 
 
-def test_channels_last_by_the_image_aspect():
-    """(B, 56, 56, 96) of a 224 image is 56 x 56 of 96 channels: 56 x 96 has not its aspect."""
-    t = torch.randn(1, 56, 56, 96)
-    lay = layout_of(nn.Module(), nn.Module(), "layers.0", t, (224, 224), 1)
-    assert lay == Layout("nhwc", 96, (56, 56))
-    a = lay.to_map(t)
-    assert a.shape == (1, 96, 56, 56) and torch.equal(a[0, 5, 3, 4], t[0, 3, 4, 5])
-    assert torch.equal(lay.from_map(a, t), t)
-    # and a (B, C, h, w) map of the same numbers stays NCHW
-    assert layout_of(nn.Module(), nn.Module(), "x", t.permute(0, 3, 1, 2), (224, 224), 1).form == "nchw"
+# -- (B, H, W, C) channels last -------------------------------------------------------------------
+@pytest.mark.parametrize("module_fmt,net_fmt,form", [
+    ("NHWC", None, "nhwc"),
+    (Fmt.NHWC, None, "nhwc"),  # timm's str enum
+    ("NCHW", "NHWC", "nchw"),  # the module's own declaration before the network's
+    (None, "NHWC", "nhwc"),  # both readings fit the image: the network's format decides
+    (None, None, "nchw"),  # ... and NCHW without one
+])
+def test_an_ambiguous_4d_output_is_read_by_the_declared_format(module_fmt, net_fmt, form):
+    out = rand(2, 8, 8, 8)  # 8x8 of 8 channels, either way round, for a 32 x 32 image
+    module = Net(output_fmt=module_fmt) if module_fmt is not None else nn.Identity()
+    net = Net(output_fmt=net_fmt) if net_fmt is not None else Net()
+    lay = layout_of(net, module, "stage", out, (32, 32), 2)
+    assert lay.form == form
 
 
-def test_a_vector_is_a_one_by_one_map_and_not_spatial():
-    t = torch.randn(3, 10, generator=G)
-    lay = layout_of(nn.Module(), nn.Module(), "fc", t, (32, 32), 3)
+def test_channels_last_by_the_image_aspect_and_its_values():
+    """(2, 7, 7, 12) of a 28 x 28 image: 7x7 of 12 channels (a 7x12 grid has not the image's aspect)."""
+    out = rand(2, 7, 7, 12)
+    lay = layout_of(Net(), nn.Identity(), "layers.1", out, (28, 28), 2)
+    assert lay == Layout("nhwc", 12, (7, 7))
+    a = lay.to_map(out)
+    assert a.shape == (2, 12, 7, 7)
+    assert all(a[b, c, i, j] == out[b, i, j, c] for b in range(2) for c in (0, 11) for i in range(7) for j in (0, 6))
+    assert torch.equal(lay.from_map(a, out), out)
+    # the same numbers as (B, C, H, W): 12 channels cannot be H, so NCHW is read
+    assert layout_of(Net(), nn.Identity(), "conv", rand(2, 12, 7, 7), (28, 28), 2) == Layout("nchw", 12, (7, 7))
+
+
+def test_the_module_format_wins_over_the_image_aspect():
+    out = rand(1, 7, 7, 12)
+    lay = layout_of(Net(), Net(output_fmt="NCHW"), "odd", out, (28, 28), 1)
+    assert lay == Layout("nchw", 7, (7, 12))
+
+
+# -- (B, C) vectors -----------------------------------------------------------------------------
+def test_a_vector_is_a_1x1_map_with_no_positions():
+    out = rand(3, 10)
+    lay = layout_of(Net(), nn.Linear(4, 10), "head.fc", out, (32, 32), 3)
     assert lay == Layout("vector", 10, (1, 1)) and not lay.spatial
-    assert lay.to_map(t).shape == (3, 10, 1, 1) and torch.equal(lay.from_map(lay.to_map(t), t), t)
+    a = lay.to_map(out)
+    assert a.shape == (3, 10, 1, 1) and torch.equal(a[:, :, 0, 0], out)
+    assert torch.equal(lay.from_map(a, out), out)
 
 
-@pytest.mark.parametrize("shape, batch, match", [
-    ((8, 16, 6), 2, r"'blk' gives shape \(8, 16, 6\) for a batch of 2: its first dimension is not the batch"),
-    ((2, 3, 4, 4, 4), 2, r"'blk' gives shape \(2, 3, 4, 4, 4\); fastviz lays out"),
-    # 13 tokens after the class token, or 14 without: neither lays out on a square image
-    ((2, 14, 6), 2, r"'blk' gives shape \(2, 14, 6\), read as \(B, N, C\) tokens, but they lay out on no grid"),
-])
-def test_refusals_name_the_layer_and_its_shape(shape, batch, match):
-    with pytest.raises(FastvizError, match=match):
-        layout_of(ViTLike(prefix=1), nn.Module(), "blk", torch.zeros(shape), (32, 32), batch)
+# -- refusals -----------------------------------------------------------------------------------
+def test_a_first_dimension_that_is_not_the_batch_is_refused_naming_the_layer_and_shape():
+    """MobileViT's transformer and Swin's window attention fold patches or windows into dim 0."""
+    with pytest.raises(fv.FastvizError) as err:
+        layout_of(Net(num_prefix_tokens=0), nn.Identity(), "stages.3.1.transformer.0", rand(8, 16, 4),
+                  (32, 32), 2)
+    msg = str(err.value)
+    assert msg.startswith("layer: 'stages.3.1.transformer.0' gives shape (8, 16, 4) for a batch of 2")
+    assert "first dimension is not the batch" in msg
 
 
-def test_a_tuple_output_is_refused():
-    with pytest.raises(FastvizError, match="returns a tuple, not a tensor"):
-        layout_of(nn.Module(), nn.Module(), "blk", (torch.zeros(1, 2, 3, 3),), (32, 32), 1)
+@pytest.mark.parametrize("out,shape", [(rand(2, 3, 4, 4, 4), "(2, 3, 4, 4, 4)"), (rand(2), "(2,)")])
+def test_other_ranks_are_refused_naming_the_layer_and_shape(out, shape):
+    with pytest.raises(fv.FastvizError) as err:
+        layout_of(Net(), nn.Identity(), "conv3d", out, (32, 32), 2)
+    assert str(err.value).startswith(f"layer: 'conv3d' gives shape {shape}")
 
 
-@pytest.mark.parametrize("lay, shape", [
-    (Layout("tokens", 3, (2, 2), 1), (2, 5, 3)),
-    (Layout("nhwc", 3, (2, 4)), (2, 2, 4, 3)),
-    (Layout("vector", 3, (1, 1)), (2, 3)),
-])
-def test_to_map_and_from_map_carry_gradients(lay, shape):
-    """Both are differentiable: objectives backpropagate through to_map, the CAMs through from_map."""
-    t = torch.randn(shape, dtype=torch.float64, generator=G, requires_grad=True)
-    w = torch.randn(lay.to_map(t).shape, dtype=torch.float64, generator=G)
-    assert torch.autograd.gradcheck(lambda u: (lay.to_map(u) * w).sum(), (t,))
+def test_an_output_that_is_not_a_tensor_is_refused():
+    with pytest.raises(fv.FastvizError, match=r"layer: 'attn' returns a tuple, not a tensor"):
+        layout_of(Net(), nn.Identity(), "attn", (rand(2, 4), rand(2, 4)), (32, 32), 2)
+
+
+# -- gradients through both directions ------------------------------------------------------------
+LAYOUTS = [
+    (Layout("tokens", 3, (2, 3), prefix=1), (2, 1 + 6, 3)),
+    (Layout("tokens", 2, (2, 2), prefix=0), (2, 4, 2)),
+    (Layout("nhwc", 3, (2, 3)), (2, 2, 3, 3)),
+    (Layout("nchw", 3, (2, 3)), (2, 3, 2, 3)),
+    (Layout("vector", 4, (1, 1)), (2, 4)),
+]
+
+
+@pytest.mark.parametrize("lay,shape", LAYOUTS, ids=[lay.form + str(lay.prefix) for lay, _ in LAYOUTS])
+def test_to_map_and_from_map_pass_gradients(lay, shape):
+    t = rand(*shape, dtype=torch.float64).requires_grad_(True)
+    a = rand(2, lay.channels, *lay.grid, seed=1, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: lay.to_map(t) * 1.5, (t,))
+    # from_map: d/d map everywhere; d/d like on the prefix tokens it copies
+    assert torch.autograd.gradcheck(lambda a, like: lay.from_map(a, like) * 1.5, (a, t))
+
+
+def test_the_gradient_through_to_map_is_the_permutation_by_hand():
+    """d sum(w * to_map(t)) / d t[b, 1 + i*W + j, c] = w[b, c, i, j]; the class token gets none."""
+    lay = Layout("tokens", 3, (2, 4), prefix=1)
+    t = rand(2, 9, 3).requires_grad_(True)
+    w = rand(2, 3, 2, 4, seed=1)
+    (g,) = torch.autograd.grad((lay.to_map(t) * w).sum(), t)
+    expected = torch.zeros_like(t)
+    for i in range(2):
+        for j in range(4):
+            expected[:, 1 + i * 4 + j, :] = w[:, :, i, j]
+    torch.testing.assert_close(g, expected, rtol=0, atol=0)
+    # and back: d sum(v * from_map(a, t)) / d a[b, c, i, j] = v[b, 1 + i*W + j, c]
     a = lay.to_map(t).detach().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda b: lay.from_map(b, t.detach()).sum(), (a,))
-    # the gradient of a map position reaches exactly its token / position
-    (g,) = torch.autograd.grad(lay.to_map(t)[1, 2, -1, -1], t)
-    assert g.sum() == 1 and g[1].flatten()[-1] == 1
+    v = rand(2, 9, 3, seed=2)
+    (ga,) = torch.autograd.grad((lay.from_map(a, t.detach()) * v).sum(), a)
+    torch.testing.assert_close(ga, tokens_by_hand(v, 1, (2, 4)), rtol=0, atol=0)

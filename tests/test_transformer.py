@@ -100,6 +100,47 @@ def test_models_without_global_attention_are_refused(net, match):
         fv.attention_rollout(net(), X[:1])
 
 
+def test_a_cnn_is_told_it_has_no_attention():
+    net = fv.Model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3)),
+                   name="tiny_cnn")
+    with pytest.raises(fv.FastvizError) as err:
+        fv.transformer_attribution(net, X[:1], 1)
+    assert "model: tiny_cnn has no attention module fastviz can read: none of its modules is an attention " \
+           "module" in str(err.value)
+
+
+def test_attention_with_an_inline_softmax_is_refused_by_name():
+    """LeViT's attention adds its position bias and takes the softmax inside its forward: no
+    module gives the probabilities. The refusal names the network and the module it found, and
+    does not call a transformer a CNN."""
+    torch.manual_seed(0)
+    m = fv.Model.from_timm(timm.create_model("levit_128s", pretrained=False, num_classes=10, img_size=64))
+    for f in (fv.attention_rollout, lambda m, x: fv.transformer_attribution(m, x, 1)):
+        with pytest.raises(fv.FastvizError) as err:
+            f(m, X[:1, :, :64, :64])
+        msg = str(err.value)
+        assert msg.startswith(f"model: {m.name} has no attention module fastviz can read: its attention "
+                              f"modules (Attention at 'stages.0.blocks.0.attn', ")
+        assert "inline" in msg and "CNN" not in msg
+
+
+def test_attention_over_patches_unfolded_into_the_batch_is_refused_where_it_is_captured():
+    """MobileViT's transformer runs on (B * 4, N, C): each of the 4 rows per image is one pixel
+    of every 2x2 patch, not the image's tokens. The refusal names the first such attention, the
+    shape of its probabilities and why; the network comes back as it was."""
+    torch.manual_seed(0)
+    m = fv.Model.from_timm(timm.create_model("mobilevit_xxs", pretrained=False, num_classes=10))
+    flags = [mod.fused_attn for mod in m.module.modules() if hasattr(mod, "fused_attn")]
+    x = X[:2, :, :64, :64]
+    for f in (fv.attention_rollout, lambda m, x: fv.transformer_attribution(m, x, [1, 2])):
+        with pytest.raises(fv.FastvizError) as err:
+            f(m, x)
+        assert (f"model: {m.name}: the attention probabilities of 'stages.2.1.transformer.0.attn' have shape "
+                f"(8, 4, 16, 16) for a batch of 2, and their first dimension is not the batch") in str(err.value)
+        assert [mod.fused_attn for mod in m.module.modules() if hasattr(mod, "fused_attn")] == flags
+        assert not any(mod._forward_hooks for mod in m.module.modules())
+
+
 def test_bad_arguments(model):
     with pytest.raises(fv.FastvizError, match="residual"):
         fv.attention_rollout(model, X[:1], residual=2.0)

@@ -65,11 +65,13 @@ ARCHS = {
 
 # Refusal codes: the reason a method is not defined for a network, as its message says it.
 REASONS = {
-    "att": r"has no attention module fastviz can read .*gradcam and integrated_gradients read any network",
+    "att": r"has no attention module fastviz can read: none of its modules is an attention module",
+    # LeViT's and EfficientFormer's attention takes its softmax inline: no module to capture it at
+    "inl": r"has no attention module fastviz can read: its attention modules \(Attention at '[\w.]+'.* inline",
     "win": r"uses windowed attention \(WindowAttention\); attention rollout needs global attention",
-    # attention within unfolded patches, not over the image
-    "unf": r"model: mobilevit_xxs's attention in 'stages\.2\.1\.transformer\.0\.attn' gives probabilities of "
-           r"shape \(8, 4, 16, 16\).*its first dimension is not the batch of 2",
+    # attention within unfolded patches, (B * 4, heads, N, N): refused where it is captured
+    "unf": r"model: mobilevit_xxs: the attention probabilities of 'stages\.2\.1\.transformer\.0\.attn' have "
+           r"shape \(\d+, 4, 16, 16\) for a batch of \d+, and their first dimension is not the batch",
     "ln": r"layer_norm .*AttnLRP",
     "mm": r"matmul .*AttnLRP",
     "fx": r"cannot trace ByobNet with torch.fx",
@@ -102,8 +104,8 @@ scorecam                  ok    ok    ok    ok    ok    ok    ok    ok    ok    
 smoothgrad                ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 integrated_gradients      ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 lrp                       ok    ok    ok    ln    ok    ok    ln    ln    ln    lnm   mm    fx    sub   sub
-attention_rollout         att   att   att   att   att   att   ok    ok    ok    win   att   unf   att   att
-transformer_attribution   att   att   att   att   att   att   ok    ok    ok    win   att   unf   att   att
+attention_rollout         att   att   att   att   att   att   ok    ok    ok    win   inl   unf   att   inl
+transformer_attribution   att   att   att   att   att   att   ok    ok    ok    win   inl   unf   att   inl
 class_model               ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 class_model_large         ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
 feature                   ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok    ok
@@ -141,8 +143,9 @@ def _parse(table: str) -> dict[tuple[str, str], str]:
 EXPECT = _parse(TABLE)
 
 # The default CAM layer (`fv.cam.default_layer`): the input of the global pooling for a CNN,
-# the last block's first norm for a ViT and a Swin (pytorch-grad-cam's convention for them), the
-# last token stage for LeViT.
+# the last block's first norm for a ViT, a Swin and EfficientFormer (pytorch-grad-cam's
+# convention for them), the deepest stage with more than one position for LeViT (its head
+# averages the tokens in its forward; at 64 px its last stage is 1x1).
 CAM_LAYER = {
     "resnet18": "global_pool.pool",
     "efficientnet_b0": "global_pool.pool",
@@ -154,8 +157,8 @@ CAM_LAYER = {
     "deit_tiny_distilled": "blocks.11.norm1",
     "vit_tiny_reg4": "blocks.11.norm1",
     "swin": "layers.3.blocks.0.norm1",
-    "levit_128s": "stages.1",  # the last token stage larger than 1x1 (stage 2 is 1x1 at 64 pixels)
     "mobilevit_xxs": "head.global_pool.pool",
+    "levit_128s": "stages.1",
     "fastvit_t8": "head.global_pool.pool",
     "efficientformer_l1": "stages.3.blocks.4.norm1",
 }
