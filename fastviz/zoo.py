@@ -14,9 +14,11 @@ import difflib
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .errors import FastvizError
+from .hooks import session
 
 PREFIX = "timm:"
 
@@ -73,10 +75,6 @@ def fixed_size(m) -> bool:
     EfficientFormer's attention biases are sized for one grid), so one image of another size
     (one 32-pixel step larger) is run without gradients: a network that refuses it is fixed.
     """
-    import torch
-
-    from .hooks import session
-
     net = m.module
     if getattr(net, "dynamic_img_size", False):
         return False

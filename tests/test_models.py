@@ -71,3 +71,34 @@ def test_bad_model_arguments(tmp_path):
         fv.load_model("alexnet", weights=bad)
     with pytest.raises(fv.FastvizError, match="module: expected a torch.nn.Module"):
         fv.Model("resnet18")
+
+
+class OnlyAt32(torch.nn.Module):
+    """A network that takes 32 x 32 images only (as a ViT with a fixed patch grid does)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 32 * 32, 5)
+
+    def forward(self, x):
+        assert x.shape[-2:] == (32, 32), f"takes 32x32, got {tuple(x.shape[-2:])}"
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_a_fixed_size_network_sees_its_size_and_the_gradient_reaches_the_image():
+    m = fv.Model(OnlyAt32(), mean=(0.5,) * 3, std=(0.5,) * 3, input_size=32, fixed_size=True)
+    x = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    assert m.fit_size(x) == (32, 32) and m.fit(x).shape == (2, 3, 32, 32)
+    s = fv.saliency(m, x, [1, 2])
+    assert s.shape == (2, 48, 64) and (s > 0).float().mean() > 0.5  # through the resize, everywhere
+    with pytest.raises(AssertionError, match="takes 32x32"):  # without it the network refuses
+        fv.Model(OnlyAt32(), input_size=32)(x)
+
+
+def test_bad_fixed_size():
+    with pytest.raises(fv.FastvizError, match="fixed_size: expected True or False"):
+        fv.Model(OnlyAt32(), input_size=32, fixed_size="yes")
+    with pytest.raises(fv.FastvizError, match="fixed_size: a network of one fixed size needs input_size"):
+        fv.Model(OnlyAt32(), fixed_size=True)
